@@ -1,0 +1,228 @@
+"""The composed SED of an accreting young star at the Earth.
+
+F_lambda = [(1 - f) F_phot + f (F_hp + F_slab)] (R / d)^2 10^(-0.4 A_0 k(lambda)),
+with F_phot the PHOENIX photosphere, F_hp the heated spot and F_slab the hydrogen slab
+(:mod:`cvae_pms.physics.accretion`), R = sqrt(G M / g), k from
+:mod:`cvae_pms.physics.extinction`. ``theta`` is (n, 7) in physical units in
+``cvae_pms.params.NAMES`` order: teff [K], logg [dex], mh [dex], log_mdot [log Msun/yr],
+ff, mass [Msun], a0 [mag]. Stars are processed in chunks, so memory stays flat.
+
+Example
+-------
+>>> import numpy as np
+>>> from cvae_pms.physics.sed import sed_flux
+>>> theta = np.array([[4000.0, 4.0, 0.0, -8.0, 0.01, 0.6, 1.0]])
+>>> sed_flux(theta, np.array([400.0, 550.0, 800.0])).shape
+(1, 3)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from cvae_pms import params
+from cvae_pms.physics.accretion import (
+    AccretionSettings,
+    accretion_energy_flux_w_m2,
+    hot_spot_temperature_k,
+    slab_flux,
+    spot_flux,
+    stellar_radius_m,
+)
+from cvae_pms.physics.extinction import apply_extinction, extinction_curve
+from cvae_pms.physics.photosphere import (
+    PhysicsError,
+    check_in_table,
+    load_table,
+    surface_flux,
+    table_wavelength_nm,
+)
+
+#: Version of the forward model; bump when the physics changes results.
+FORWARD_MODEL_VERSION = 1
+PC_M = 3.0856775814913673e16
+DEFAULT_CHUNK = 4096
+_I = params.INDEX
+
+
+@dataclass
+class SEDComponents:
+    """Surface fluxes [W m^-2 nm^-1], each (n, m), before dilution and extinction.
+
+    ``photosphere`` = (1 - f) F_phot, ``spot`` = f F_hp, ``slab`` = f F_slab;
+    ``unveiled`` = F_phot (the star with no accretion). Per star (n,): ``t_hp_k`` [K],
+    ``energy_flux_w_m2`` F into the columns, ``t_slab_k`` [K], ``tau_300``, ``radius_m``.
+    """
+
+    wavelength_nm: np.ndarray
+    photosphere: np.ndarray
+    spot: np.ndarray
+    slab: np.ndarray
+    unveiled: np.ndarray
+    t_hp_k: np.ndarray
+    energy_flux_w_m2: np.ndarray
+    t_slab_k: np.ndarray
+    tau_300: np.ndarray
+    radius_m: np.ndarray
+
+    @property
+    def total(self) -> np.ndarray:
+        """Total surface flux (1 - f) F_phot + f (F_hp + F_slab)."""
+        return self.photosphere + self.spot + self.slab
+
+    @property
+    def veiling(self) -> np.ndarray:
+        """Excess over the unveiled photosphere / unveiled photosphere, (n, m)."""
+        return (self.total - self.unveiled) / self.unveiled
+
+
+@dataclass
+class SEDResult:
+    """Fluxes at the Earth [W m^-2 nm^-1] (n, m) and the per-star slab draws (n,)."""
+
+    wavelength_nm: np.ndarray
+    flux_w_m2_nm: np.ndarray
+    t_slab_k: np.ndarray
+    tau_300: np.ndarray
+
+
+def _check_theta(theta: np.ndarray) -> np.ndarray:
+    theta = np.asarray(theta, dtype=np.float64)
+    if theta.ndim == 1:
+        theta = theta[None, :]
+    if theta.ndim != 2 or theta.shape[1] != params.N_PARAMS:
+        raise PhysicsError(f"theta must be (n, {params.N_PARAMS}) in order {params.NAMES}, "
+                           f"got shape {theta.shape}")
+    bad = ~np.isfinite(theta).all(axis=1)
+    bad |= theta[:, _I["mass"]] <= 0
+    bad |= (theta[:, _I["ff"]] < 0) | (theta[:, _I["ff"]] >= 1)
+    bad |= theta[:, _I["a0"]] < 0
+    if bad.any():
+        j = int(np.flatnonzero(bad)[0])
+        raise PhysicsError(f"star {j}: theta {dict(zip(params.NAMES, theta[j].tolist()))} "
+                           "is not physical (needs finite values, mass > 0, 0 <= ff < 1, a0 >= 0)")
+    check_in_table(theta[:, _I["teff"]], theta[:, _I["logg"]], theta[:, _I["mh"]])
+    return theta
+
+
+def _wavelengths(wavelength_nm: np.ndarray | None) -> np.ndarray:
+    return table_wavelength_nm() if wavelength_nm is None else np.ascontiguousarray(
+        np.atleast_1d(wavelength_nm), dtype=np.float64)
+
+
+def _components(theta: np.ndarray, wl: np.ndarray | None, settings: AccretionSettings,
+                t_slab: np.ndarray, tau_300: np.ndarray) -> SEDComponents:
+    """Components for one chunk of already checked ``theta``."""
+    teff, logg, mh, log_mdot, ff, mass = (theta[:, _I[k]] for k in
+                                          ("teff", "logg", "mh", "log_mdot", "ff", "mass"))
+    wl_out = table_wavelength_nm() if wl is None else wl
+    f_phot = surface_flux(teff, logg, mh, wl)
+    energy = accretion_energy_flux_w_m2(mass, logg, log_mdot, ff, settings)
+    t_hp = hot_spot_temperature_k(teff, energy, settings.heating_fraction)
+    f_hp = spot_flux(t_hp, logg, mh, wl, settings.spot_model)
+    f_slab = slab_flux(wl_out, energy, t_slab, tau_300, 1.0 - settings.heating_fraction)
+    f = ff[:, None]
+    return SEDComponents(
+        wavelength_nm=wl_out, photosphere=(1.0 - f) * f_phot, spot=f * f_hp, slab=f * f_slab,
+        unveiled=f_phot, t_hp_k=t_hp, energy_flux_w_m2=energy, t_slab_k=t_slab,
+        tau_300=tau_300, radius_m=stellar_radius_m(mass, logg))
+
+
+def components(theta: np.ndarray, wavelength_nm: np.ndarray | None = None,
+               settings: AccretionSettings = AccretionSettings(),
+               rng: np.random.Generator | None = None) -> SEDComponents:
+    """Photosphere, spot and slab surface fluxes separately (for plots and tests).
+
+    Args:
+        theta (ndarray): (n, 7) physical parameters in ``params.NAMES`` order.
+        wavelength_nm (ndarray | None): (m,) [nm] within 289-1113 nm; None: table bins.
+        settings (AccretionSettings): accretion model settings.
+        rng (Generator | None): needed when ``settings.draw_nuisance``.
+
+    Returns:
+        SEDComponents: surface fluxes [W m^-2 nm^-1] before dilution and extinction.
+    """
+    theta = _check_theta(theta)
+    wl = None if wavelength_nm is None else _wavelengths(wavelength_nm)
+    t_slab, tau_300 = settings.slab_parameters(theta.shape[0], rng)
+    return _components(theta, wl, settings, t_slab, tau_300)
+
+
+def simulate_sed(theta: np.ndarray, wavelength_nm: np.ndarray | None = None,
+                 distance_pc: float = 10.0, settings: AccretionSettings = AccretionSettings(),
+                 rng: np.random.Generator | None = None, extinction_law: str = "G23",
+                 r_v: float = 3.1, chunk_size: int = DEFAULT_CHUNK) -> SEDResult:
+    """SED at the Earth plus the slab parameters used per star; see :func:`sed_flux`."""
+    theta = _check_theta(theta)
+    if not distance_pc > 0:
+        raise PhysicsError(f"distance_pc must be > 0, got {distance_pc}")
+    wl = None if wavelength_nm is None else _wavelengths(wavelength_nm)
+    wl_out = _wavelengths(wl)
+    k = extinction_curve(wl_out, extinction_law, r_v)
+    n = theta.shape[0]
+    t_slab, tau_300 = settings.slab_parameters(n, rng)  # drawn up front: chunk-independent
+    out = np.empty((n, wl_out.size), dtype=np.float64)
+    d_m = distance_pc * PC_M
+    for s in range(0, n, chunk_size):
+        c = slice(s, min(s + chunk_size, n))
+        comp = _components(theta[c], wl, settings, t_slab[c], tau_300[c])
+        dilution = (comp.radius_m / d_m) ** 2
+        out[c] = apply_extinction(comp.total * dilution[:, None], theta[c, _I["a0"]], k)
+    return SEDResult(wavelength_nm=wl_out, flux_w_m2_nm=out, t_slab_k=t_slab, tau_300=tau_300)
+
+
+def sed_flux(theta: np.ndarray, wavelength_nm: np.ndarray | None = None,
+             distance_pc: float = 10.0, settings: AccretionSettings = AccretionSettings(),
+             rng: np.random.Generator | None = None, extinction_law: str = "G23",
+             r_v: float = 3.1, chunk_size: int = DEFAULT_CHUNK) -> np.ndarray:
+    """Flux of accreting stars at the Earth, F_lambda [W m^-2 nm^-1], (n, m).
+
+    Args:
+        theta (ndarray): (n, 7) teff [K], logg [dex], mh [dex], log_mdot [log10 Msun/yr],
+            ff, mass [Msun], a0 [mag] (``params.NAMES`` order).
+        wavelength_nm (ndarray | None): (m,) wavelengths [nm] within 289-1113 nm; None for
+            the PHOENIX table bins (:func:`table_wavelength_nm`).
+        distance_pc (float): distance [pc].
+        settings (AccretionSettings): accretion model; with ``draw_nuisance`` T_slab and
+            tau_300 are drawn per star from ``rng`` (use :func:`simulate_sed` to get them).
+        rng (Generator | None): random generator for the nuisance draws.
+        extinction_law (str): ``"G23"`` or ``"F19"``; r_v (float): R_V.
+        chunk_size (int): stars per chunk.
+
+    Returns:
+        ndarray: (n, m) flux at the Earth [W m^-2 nm^-1].
+
+    Raises:
+        PhysicsError: unphysical theta, or (OutsideTableError) outside the PHOENIX table;
+            the message names the first offending row.
+    """
+    return simulate_sed(theta, wavelength_nm, distance_pc, settings, rng, extinction_law,
+                        r_v, chunk_size).flux_w_m2_nm
+
+
+def veiling(theta: np.ndarray, wavelength_nm: np.ndarray | None = None,
+            settings: AccretionSettings = AccretionSettings(),
+            rng: np.random.Generator | None = None) -> np.ndarray:
+    """Veiling r(lambda) = accretion excess / photospheric flux, (n, m), at the surface.
+
+    r = [(1 - f) F_phot + f (F_hp + F_slab) - F_phot] / F_phot = f (F_hp + F_slab - F_phot)
+    / F_phot: the flux added by accretion over the flux of the same star without it
+    (so r = 0 without accretion at any filling factor). Extinction does not enter.
+    """
+    return components(theta, wavelength_nm, settings, rng).veiling
+
+
+def forward_model_meta(settings: AccretionSettings = AccretionSettings(),
+                       extinction_law: str = "G23", r_v: float = 3.1,
+                       distance_pc: float = 10.0) -> dict:
+    """JSON-serialisable description of the forward model, for grid metadata."""
+    tab = load_table()
+    return {
+        "forward_model_version": FORWARD_MODEL_VERSION,
+        "photosphere": {"table": "phoenix_aces.npz", "source_sha256": tab.meta["source_sha256"],
+                        "citation": tab.meta["citation"], "bounds": tab.bounds},
+        "accretion": settings.to_dict(),
+        "extinction": {"law": extinction_law, "r_v": r_v, "a0_wavelength_nm": 541.4},
+        "distance_pc": distance_pc,
+    }
