@@ -36,7 +36,8 @@ def test_info_lists_sources_flags_and_counts(samples, real_xp):
 
 def test_info_exit_codes_for_unusable_files(samples, tmp_path):
     res = _run("info", samples / "sources.avro")
-    assert res.exit_code == 1 and "no usable source among 30" in res.output
+    # every source flagged (too few coefficients) is information, not a failure of `info`
+    assert res.exit_code == 0 and "warning:" in res.output and "no usable source among 30" in res.output
     assert "BP coefficients: 51 values, expected 55" in res.output
     notes = tmp_path / "notes.csv"
     notes.write_text("a,b\n1,2\n")

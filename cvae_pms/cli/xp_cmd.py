@@ -22,7 +22,9 @@ def _fmt_mag(value: float) -> str:
 def info(files: tuple[Path, ...], chunk_size: int) -> None:
     """Print one line per source of each FILE: bands, coefficients, G_BP, G_RP, flags.
 
-    Exits 1 when a file is not a readable XP table or has no usable source.
+    Sources that cannot be used (a band missing, too few coefficients, NaN values) are
+    listed with the reason. Exits 1 when a file is not a readable XP table; a file whose
+    sources are all flagged is reported with a warning but is not an error for ``info``.
     """
     from cvae_pms.xp.archive import XPReadError, iter_xp
     from cvae_pms.xp.photometry import g_bp_mag, g_rp_mag
@@ -30,6 +32,7 @@ def info(files: tuple[Path, ...], chunk_size: int) -> None:
     click.echo(f"{'file':<28} {'source_id':>20} {'bands':<6} {'n_bp':>4} {'n_rp':>4} "
                f"{'G_BP':>7} {'G_RP':>7} {'corr':<4} error")
     failures: list[str] = []
+    warnings: list[str] = []
     n_total = n_ok = 0
     for path in files:
         n_file = ok_file = 0
@@ -56,8 +59,10 @@ def info(files: tuple[Path, ...], chunk_size: int) -> None:
         n_ok += ok_file
         if ok_file == 0:
             common = max(reasons, key=reasons.get)
-            failures.append(f"{path}: no usable source among {n_file} (e.g. {common!r})")
+            warnings.append(f"warning: {path}: no usable source among {n_file} (e.g. {common!r})")
     click.echo(f"{len(files)} file(s), {n_total} source(s): {n_ok} usable, {n_total - n_ok} flagged")
+    for line in warnings:
+        click.echo(line, err=True)
     if failures:
         raise click.ClickException("\n".join(failures))
 
