@@ -4,8 +4,11 @@ Data: ``xp_continuous_combined_chunk0.fits`` (2000 DR3 sources with coefficients
 errors, no transit counts, no correlations). Every source is assumed to have 40 transits (the
 file has no ``bp_n_transits``; 40 is typical of DR3 XP spectra with G < 17.65).
 
-For each band, B (e-/s/sample) and f_floor are found by robust least squares on
-``log(sigma_model / sigma_real)`` over all 55 coefficients of a random subset of sources, where
+For each band, B (e-/s/sample), f_floor and the AR(1) correlation of neighbouring samples
+are found by robust least squares on
+``log(sigma_model / sigma_real)`` over all 55 coefficients of a random subset of sources, plus
+(with equal total weight) the log ratio of the per-pixel flux errors (diagonal covariances
+propagated through the calibration matrices, every third pixel of the band), where
 ``sigma_model`` is the square root of the diagonal of :func:`coefficient_covariance` evaluated at
 the source's own (real) coefficients. The result, with per-G-bin median ratios (coefficients and
 per-pixel flux errors at 400, 550, 800 nm) and the date, goes to
@@ -13,7 +16,7 @@ per-pixel flux errors at 400, 550, 800 nm) and the date, goes to
 
 Usage::
 
-    python scripts/fit_noise_model.py [--data FITS] [--n-fit 500] [--seed 0] [--out JSON]
+    python scripts/fit_noise_model.py [--data FITS] [--n-fit 1000] [--seed 0] [--out JSON]
 """
 from __future__ import annotations
 
@@ -31,13 +34,15 @@ from scipy.optimize import least_squares
 
 from cvae_pms.xp.noise import NoiseModel, coefficient_covariance
 from cvae_pms.xp.photometry import g_mag
-from cvae_pms.xp.sampling import SAMPLING_NM, sampled_flux, sampled_flux_error
+from cvae_pms.xp.sampling import (SAMPLING_NM, calibration_matrices, merge_weights, sampled_flux,
+                                  sampled_flux_error)
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared/data/real_xp/xp_spectral_lines/xp_continuous_combined_chunk0.fits"
 DEFAULT_OUT = ROOT / "cvae_pms/data/xp_noise_model.json"
 ASSUMED_TRANSITS = 40
 G_BINS = np.arange(9.0, 20.0, 1.0)
+MIN_FIT_BIN = 20
 CHECK_NM = (400.0, 550.0, 800.0)
 
 
@@ -59,25 +64,54 @@ def model_errors(real: dict, model: NoiseModel) -> tuple[np.ndarray, np.ndarray,
             cov_bp, cov_rp)
 
 
+FITTED = ("background_e_s", "floor_fraction", "sample_correlation")
+START = {"background_e_s": 40.0, "floor_fraction": 0.02, "sample_correlation": 0.5}
+
+
 def fit_band(real: dict, band: int, base: NoiseModel) -> tuple[NoiseModel, dict]:
-    """Robust fit of (log B, log f) for one band; returns the updated model and fit info."""
+    """Robust fit of the log of every FITTED constant for one band; returns the model and fit info."""
     name = ("bp", "rp")[band]
 
     def with_params(p: np.ndarray) -> NoiseModel:
-        bg = list(base.background_e_s)
-        fl = list(base.floor_fraction)
-        bg[band], fl[band] = float(np.exp(p[0])), float(np.exp(p[1]))
-        return dataclasses.replace(base, background_e_s=tuple(bg), floor_fraction=tuple(fl))
+        kw = {}
+        for key, v in zip(FITTED, np.exp(p)):
+            pair = list(getattr(base, key))
+            pair[band] = float(v)
+            kw[key] = tuple(pair)
+        return dataclasses.replace(base, **kw)
+
+    a = calibration_matrices()[band]
+    pixels = np.flatnonzero((merge_weights()[band] >= 1.0)
+                            & np.any([np.abs(SAMPLING_NM - w) <= 10.0 for w in CHECK_NM], axis=0))
+    groups = [np.abs(SAMPLING_NM[pixels] - w) <= 10.0 for w in CHECK_NM]
+    groups = [grp for grp in groups if grp.any()]
+    a2 = a[:, pixels] ** 2
+    flux = np.abs(real[name] @ a[:, pixels])
+    log_flux_err_real = np.log(np.sqrt(real[f"e_{name}"] ** 2 @ a2) / flux)
+    g = g_mag(real["bp"], real["rp"])
+    bins = [sel for lo in G_BINS if (sel := (g >= lo) & (g < lo + 1)).sum() >= MIN_FIT_BIN]
+    # the acceptance bands are 0.8-1.25 for coefficients and 1/1.5-1.5 for flux errors:
+    # weight the flux residuals so that equal residuals mean equal margins.
+    flux_weight = np.log(1.25) / np.log(1.5)
 
     def residuals(p: np.ndarray) -> np.ndarray:
         err = model_errors(real, with_params(p))[band]
-        return np.log(err / real[f"e_{name}"]).ravel()
+        coef = np.log(err / real[f"e_{name}"])  # (n, 55)
+        pix = np.log(np.sqrt(err**2 @ a2) / flux) - log_flux_err_real  # (n, n_pixels)
+        # per G bin: median log ratio of the coefficient errors and of the per-pixel flux
+        # errors within 10 nm of each check wavelength in the band
+        out = []
+        for sel in bins:
+            out.append(np.median(coef[sel]))
+            out += [flux_weight * np.median(pix[sel][:, grp]) for grp in groups]
+        return np.asarray(out)
 
-    p0 = np.log([base.background_e_s[band], base.floor_fraction[band]])
-    res = least_squares(residuals, p0, loss="soft_l1", f_scale=0.3, diff_step=1e-3, max_nfev=60)
+    p0 = np.log([START[k] for k in FITTED])
+    res = least_squares(residuals, p0, diff_step=1e-3, max_nfev=80,
+                        bounds=(np.log([1e-2, 1e-5, 1e-4]), np.log([1e3, 0.5, 0.95])))
     r = res.fun
-    return with_params(res.x), {"nfev": int(res.nfev), "median_log_ratio": float(np.median(r)),
-                                "robust_sigma_log_ratio": float(1.4826 * np.median(np.abs(r - np.median(r))))}
+    return with_params(res.x), {"nfev": int(res.nfev), "rms_binned_log_ratio": float(np.sqrt(np.mean(r**2))),
+                                "max_abs_binned_log_ratio": float(np.abs(r).max())}
 
 
 def binned_ratios(real: dict, model: NoiseModel) -> dict:
@@ -107,7 +141,7 @@ def binned_ratios(real: dict, model: NoiseModel) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    ap.add_argument("--n-fit", type=int, default=500)
+    ap.add_argument("--n-fit", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = ap.parse_args()
@@ -121,8 +155,7 @@ def main() -> None:
     t0 = time.perf_counter()
     for band in (0, 1):
         model, info[("bp", "rp")[band]] = fit_band(subset, band, model)
-        print(f"{('BP', 'RP')[band]}: B = {model.background_e_s[band]:.2f} e-/s/sample, "
-              f"floor = {model.floor_fraction[band]:.4f}  {info[('bp', 'rp')[band]]}")
+        print(("BP", "RP")[band], {k: round(getattr(model, k)[band], 5) for k in FITTED}, info[("bp", "rp")[band]])
     check = binned_ratios(real, model)
     fit = {"data": args.data.name, "n_sources": int(len(real["bp"])), "n_fit": int(len(pick)),
            "seed": args.seed, "assumed_transits": ASSUMED_TRANSITS,

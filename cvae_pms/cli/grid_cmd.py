@@ -124,3 +124,9 @@ def ingest(input_path: Path, out_path: Path, maps: tuple[str, ...], mdot_linear:
         raise click.ClickException(str(exc)) from exc
     for line in report.lines():
         click.echo(line)
+
+
+from .synth_cmd import plot, synth  # noqa: E402  (helper D: grid synth / grid plot)
+
+grid.add_command(synth)
+grid.add_command(plot)

@@ -1,0 +1,42 @@
+"""``cvae-pms simulate``: mock Gaia XP observations from a grid or a parameter table."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command("simulate")
+@click.option("--grid", "grid_path", type=click.Path(path_type=Path), help="Grid file (.h5).")
+@click.option("--n", "n", type=int, default=None, help="Number of sources (default: all rows).")
+@click.option("--rows", type=click.Choice(["test", "all"]), default="test", show_default=True,
+              help="Grid rows to draw from: the training test split, or all rows.")
+@click.option("--split-seed", type=int, default=1, show_default=True,
+              help="Training seed that defines the test split (with --rows test).")
+@click.option("--params", "params_path", type=click.Path(path_type=Path),
+              help="CSV/ECSV table with the seven parameter columns (forward model at 10 pc).")
+@click.option("--g-mag", default="12:17", show_default=True, help="G magnitude, a value or LO:HI.")
+@click.option("--transits", default="15:80", show_default=True,
+              help="Number of transits, a value or LO:HI (integers).")
+@click.option("--out", "out_path", required=True, type=click.Path(path_type=Path),
+              help="Observation file (.csv or .ecsv, Gaia archive layout).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+@click.option("--parallax-error-frac", type=float, default=0.05, show_default=True,
+              help="Fractional parallax error.")
+def simulate(grid_path: Path | None, n: int | None, rows: str, split_seed: int,
+             params_path: Path | None, g_mag: str, transits: str, out_path: Path, seed: int,
+             parallax_error_frac: float) -> None:
+    """Write mock XP observations (noise from the XP noise model) and a truth table."""
+    from cvae_pms.simulate import SimulateError, parse_range
+    from cvae_pms.simulate import simulate as run
+
+    try:
+        g_range = parse_range(g_mag, "--g-mag")
+        t_range = parse_range(transits, "--transits", integer=True)
+        report = run(out_path, g_range, t_range, seed=seed, grid_path=grid_path, n=n, rows=rows,
+                     params_path=params_path, parallax_error_frac=parallax_error_frac,
+                     split_seed=split_seed)
+    except SimulateError as exc:
+        raise click.ClickException(str(exc)) from exc
+    for line in report.lines():
+        click.echo(line)

@@ -1,0 +1,265 @@
+"""Mock Gaia DR3 XP observations: noise-free coefficients -> archive-layout files + truth table.
+
+Sources come from grid rows (a seeded random subset, or the training test split) or from the
+forward model run on a table of parameter vectors. Each source gets a G magnitude drawn
+uniformly in a range and an integer transit count drawn uniformly in a range; its coefficients
+are scaled to that G (:func:`cvae_pms.xp.photometry.scale_to_g`) and observed with the XP noise
+model (:func:`cvae_pms.xp.noise.draw_observation`). The output is written in the Gaia archive
+layout by :func:`cvae_pms.xp.archive.write_xp_table` (readable by ``gaiaxpy.calibrate``), with
+``source_id`` = 1..n, ``phot_g_mean_mag`` and ``bp/rp_n_measurements`` (= transits), and a
+truth table ``<stem>_truth.csv`` beside it.
+
+When the fluxes are absolute (a grid with a reference distance, or the forward model at 10 pc),
+scaling to G moves the star to ``distance_pc = d_ref / sqrt(factor)``; the output then has
+``parallax`` (true 1000 / distance_pc, mas, plus Gaussian noise of ``parallax_error_frac`` x
+parallax, seeded) and ``parallax_error`` columns. For normalised grids they are left out.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cvae_pms import params as P
+from cvae_pms.xp.noise import NoiseModel, draw_observation
+from cvae_pms.xp.photometry import scale_to_g
+
+ROW_CHOICES = ("test", "all")
+FORWARD_DISTANCE_PC = 10.0
+
+
+class SimulateError(ValueError):
+    """Bad simulation input (file, row, column or option named)."""
+
+
+@dataclass
+class Observations:
+    """Simulated observations of n sources (coefficients in archive units)."""
+
+    bp: np.ndarray
+    rp: np.ndarray
+    bp_cov: np.ndarray
+    rp_cov: np.ndarray
+    g_mag: np.ndarray
+    n_transits: np.ndarray
+    flux_factor: np.ndarray
+
+
+def simulate_observations(bp: np.ndarray, rp: np.ndarray, g_mag: np.ndarray | float,
+                          n_transits: np.ndarray | float, rng: np.random.Generator,
+                          noise_model: NoiseModel | None = None) -> Observations:
+    """Scale noise-free coefficients to ``g_mag`` and draw one noisy observation per row.
+
+    Args:
+        bp, rp: (n, 55) noise-free coefficients (any flux scale).
+        g_mag: (n,) or scalar target G magnitudes.
+        n_transits: (n,) or scalar transit counts.
+        rng: numpy Generator for the noise.
+        noise_model: XP noise constants (default :meth:`NoiseModel.default`).
+
+    Returns:
+        :class:`Observations` with the noisy coefficients, their covariances, G, transits and the
+        flux factor applied (10^(-0.4 (G_target - G_input))).
+    """
+    bp = np.atleast_2d(np.asarray(bp, float))
+    rp = np.atleast_2d(np.asarray(rp, float))
+    n = bp.shape[0]
+    g = np.broadcast_to(np.asarray(g_mag, float), (n,)).copy()
+    nt = np.broadcast_to(np.asarray(n_transits, float), (n,)).copy()
+    bp_s, rp_s, factor = scale_to_g(bp, rp, g)
+    bad = ~np.isfinite(factor) | ~(factor > 0)
+    if bad.any():
+        raise SimulateError(f"row {int(np.argmax(bad))}: G magnitude of the input coefficients is "
+                            "undefined (non-positive flux); cannot scale it")
+    obs_bp, obs_rp, cov_bp, cov_rp = draw_observation(bp_s, rp_s, nt, rng, noise_model)
+    return Observations(obs_bp, obs_rp, cov_bp, cov_rp, g, nt, np.asarray(factor, float))
+
+
+def parse_range(text: str, what: str, integer: bool = False) -> tuple[float, float]:
+    """``"12:17"`` -> (12, 17); ``"15"`` -> (15, 15). Raises :class:`SimulateError`."""
+    parts = str(text).split(":")
+    try:
+        if len(parts) == 1:
+            lo = hi = float(parts[0])
+        elif len(parts) == 2:
+            lo, hi = float(parts[0]), float(parts[1])
+        else:
+            raise ValueError
+    except ValueError:
+        raise SimulateError(f"{what}: expected a value or LO:HI, got {text!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi)) or lo > hi:
+        raise SimulateError(f"{what}: need finite LO <= HI, got {text!r}")
+    if integer and (lo != int(lo) or hi != int(hi) or lo < 1):
+        raise SimulateError(f"{what}: need integers >= 1, got {text!r}")
+    return lo, hi
+
+
+def read_params_table(path: str | os.PathLike) -> np.ndarray:
+    """(n, 7) parameter vectors from a CSV/ECSV table with the seven columns of params.NAMES."""
+    from astropy.table import Table
+
+    path = Path(path)
+    if not path.is_file():
+        raise SimulateError(f"{path}: parameter table not found")
+    fmt = "ascii.ecsv" if path.suffix.lower() == ".ecsv" else "ascii.csv"
+    try:
+        table = Table.read(path, format=fmt)
+    except Exception as exc:  # astropy raises many types for unreadable text
+        raise SimulateError(f"{path}: cannot read as {fmt}: {exc}") from exc
+    missing = [n for n in P.NAMES if n not in table.colnames]
+    if missing:
+        raise SimulateError(f"{path}: missing columns {', '.join(missing)} "
+                            f"(needs {', '.join(P.NAMES)})")
+    if len(table) == 0:
+        raise SimulateError(f"{path}: no rows")
+    try:
+        theta = np.column_stack([np.asarray(table[n], dtype=float) for n in P.NAMES])
+    except (TypeError, ValueError) as exc:
+        raise SimulateError(f"{path}: non-numeric parameter values ({exc})") from exc
+    bad = ~np.isfinite(theta).all(axis=1)
+    if bad.any():
+        raise SimulateError(f"{path}: row {int(np.argmax(bad)) + 1}: missing or non-finite values")
+    out = P.outside_bounds(theta)
+    if out.any():
+        r = int(np.argmax(out.any(axis=1)))
+        names = [P.NAMES[j] for j in np.flatnonzero(out[r])]
+        raise SimulateError(f"{path}: row {r + 1}: {', '.join(names)} outside the parameter box "
+                            f"({', '.join(f'{n} {P.LOW[P.NAMES.index(n)]:g}..{P.HIGH[P.NAMES.index(n)]:g}' for n in names)})")
+    return theta
+
+
+def _forward(theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    from cvae_pms.physics.photosphere import table_wavelength_nm
+    from cvae_pms.physics.sed import sed_flux
+    from cvae_pms.xp.instrument import sed_to_coefficients
+
+    wl = table_wavelength_nm()
+    return sed_to_coefficients(sed_flux(theta, wl, FORWARD_DISTANCE_PC), wl)
+
+
+def _grid_rows(grid, rows: str, n: int | None, rng: np.random.Generator, split_seed: int) -> np.ndarray:
+    if rows == "test":
+        from cvae_pms.train import DEFAULT_CONFIG, split_indices
+
+        t = DEFAULT_CONFIG["training"]
+        pool = split_indices(grid.n, split_seed, t["val_fraction"], t["test_fraction"])["test"]
+    elif rows == "all":
+        pool = np.arange(grid.n)
+    else:
+        raise SimulateError(f"--rows must be one of {', '.join(ROW_CHOICES)}, got {rows!r}")
+    if n is None or n >= pool.size:
+        return pool
+    return np.sort(rng.choice(pool, size=n, replace=False))
+
+
+@dataclass
+class SimulateReport:
+    """Paths written and a short summary."""
+
+    observations: Path
+    truth: Path
+    n: int
+    with_parallax: bool
+
+    def lines(self) -> list[str]:
+        return [f"wrote {self.observations} ({self.n} sources"
+                f"{', with parallax' if self.with_parallax else ', no parallax (normalised fluxes)'})",
+                f"wrote {self.truth}"]
+
+
+def simulate(out: str | os.PathLike, g_range: tuple[float, float], transit_range: tuple[float, float],
+             seed: int = 0, grid_path: str | os.PathLike | None = None, n: int | None = None,
+             rows: str = "test", params_path: str | os.PathLike | None = None,
+             parallax_error_frac: float = 0.05, split_seed: int = 1,
+             noise_model: NoiseModel | None = None) -> SimulateReport:
+    """Simulate observations and write ``out`` (.csv/.ecsv) and ``<stem>_truth.csv``.
+
+    Args:
+        out: observation file in the Gaia archive layout.
+        g_range: (lo, hi) G magnitudes, uniform.
+        transit_range: (lo, hi) integer transit counts, uniform inclusive.
+        seed: seed of row choice, G, transits, noise and parallax noise.
+        grid_path / n / rows: take rows of a grid (n random rows of ``rows``: ``test`` = the
+            training test split for training seed ``split_seed``, or ``all``).
+        params_path: or a CSV/ECSV parameter table run through the forward model at 10 pc.
+        parallax_error_frac: fractional parallax error.
+        noise_model: XP noise constants (default the shipped fit).
+    """
+    from astropy.table import Table
+
+    from cvae_pms.grid.gridfile import GridError, open_grid
+    from cvae_pms.xp.archive import XPReadError, write_xp_table
+
+    out = Path(out)
+    if (grid_path is None) == (params_path is None):
+        raise SimulateError("give exactly one of --grid or --params")
+    if out.suffix.lower() not in (".csv", ".ecsv"):
+        raise SimulateError(f"{out}: output must end in .csv or .ecsv")
+    if not out.parent.is_dir():
+        raise SimulateError(f"{out}: output directory {out.parent} does not exist")
+    if n is not None and n < 1:
+        raise SimulateError(f"--n must be >= 1, got {n}")
+    if not (math.isfinite(parallax_error_frac) and parallax_error_frac >= 0):
+        raise SimulateError(f"--parallax-error-frac must be >= 0, got {parallax_error_frac}")
+    rng = np.random.default_rng([seed, 7])
+    if grid_path is not None:
+        try:
+            with open_grid(grid_path) as grid:
+                idx = _grid_rows(grid, rows, n, rng, split_seed)
+                if idx.size == 0:
+                    raise SimulateError(f"{grid_path}: no rows to simulate ({rows})")
+                theta, bp, rp = grid.read(idx)
+                d_ref = grid.reference_distance_pc
+        except GridError as exc:
+            raise SimulateError(str(exc)) from exc
+    else:
+        theta = read_params_table(params_path)
+        if n is not None:
+            theta = theta[:n]
+        idx = np.full(theta.shape[0], -1)
+        bp, rp = _forward(theta)
+        d_ref = FORWARD_DISTANCE_PC
+    m = theta.shape[0]
+    g = rng.uniform(g_range[0], g_range[1], size=m) if g_range[1] > g_range[0] else np.full(m, g_range[0])
+    nt = rng.integers(int(transit_range[0]), int(transit_range[1]) + 1, size=m).astype(float)
+    obs = simulate_observations(bp, rp, g, nt, rng, noise_model)
+    source_id = np.arange(1, m + 1, dtype=np.int64)
+    extra: dict[str, np.ndarray] = {"phot_g_mean_mag": obs.g_mag,
+                                    "bp_n_measurements": obs.n_transits.astype(np.int64),
+                                    "rp_n_measurements": obs.n_transits.astype(np.int64)}
+    truth = Table()
+    truth["source_id"] = source_id
+    for j, name in enumerate(P.NAMES):
+        truth[name] = theta[:, j]
+    truth["g_mag"] = obs.g_mag
+    truth["n_transits"] = obs.n_transits.astype(np.int64)
+    with_parallax = d_ref is not None
+    if with_parallax:
+        distance = d_ref / np.sqrt(obs.flux_factor)
+        plx = 1000.0 / distance
+        plx_err = parallax_error_frac * plx
+        extra["parallax"] = plx + plx_err * rng.standard_normal(m)
+        extra["parallax_error"] = plx_err
+        truth["distance_pc"] = distance
+        truth["parallax_true_mas"] = plx
+    else:
+        truth["distance_pc"] = np.full(m, np.nan)
+    truth["grid_row"] = np.asarray(idx, dtype=np.int64)
+    try:
+        write_xp_table(out, {"source_id": source_id, "bp_coefficients": obs.bp,
+                             "rp_coefficients": obs.rp, "bp_covariance": obs.bp_cov,
+                             "rp_covariance": obs.rp_cov, "extra": extra})
+    except XPReadError as exc:
+        raise SimulateError(str(exc)) from exc
+    truth_path = out.with_name(f"{out.stem}_truth.csv")
+    tmp = truth_path.with_name(f"{truth_path.name}.tmp-{os.getpid()}")
+    truth.write(tmp, format="ascii.csv", overwrite=True)
+    os.replace(tmp, truth_path)
+    return SimulateReport(out, truth_path, m, with_parallax)
+
+
+__all__ = ["Observations", "SimulateError", "SimulateReport", "simulate", "simulate_observations",
+           "parse_range", "read_params_table", "ROW_CHOICES"]

@@ -1,0 +1,353 @@
+"""The Gaia XP noise model: coefficient covariance of a mean spectrum, and noise draws.
+
+A mean spectrum is the least-squares fit of the 55 internal bases to ``N_transits`` windows of
+60 samples. With ``Phi`` the bases at the sample positions (each sample spread over ``n_dither``
+sub-pixel positions, as the real transits are; without dithering the fit is badly conditioned),
+``n_u = c . Phi`` the internal flux (e-/s per sample) and, per transit,
+``Var_u = [n_u t + B t + RON^2 + (f_floor n_u t)^2] / t^2``
+(t = 4.4167 s exposure per sample, RON read noise in e-, B background in e-/s/sample and f_floor a
+per-transit fractional calibration floor), the coefficient covariance is
+``Cov(c) = (Phi W Phi^T)^-1`` with ``W = N_transits / (n_dither Var_u)`` for independent samples.
+
+Independent samples predict high-order coefficient errors 3-10x above the real ones, and hence
+per-pixel flux errors ~2x too large (the calibrated design matrices weight high orders ~100x).
+Real epoch spectra are resampled before averaging, which correlates neighbouring samples: the
+noise of a transit's 60 samples is modelled as AR(1) with correlation ``sample_correlation``,
+i.e. ``W`` becomes ``N_transits / n_dither * Var^-1/2 K^-1 Var^-1/2`` with ``K_ij = rho^|i-j|``.
+B, f_floor and rho are fitted per band on 2000 real DR3 spectra by ``scripts/fit_noise_model.py``
+(results and residuals in ``cvae_pms/data/xp_noise_model.json``).
+
+Draws ``c + L z`` use ``L = L_F^{-T}`` with ``L_F = chol(Phi W Phi^T)``: the same distribution as
+``chol(Cov) z`` (``L L^T = Cov``) without inverting first, which keeps float64 Cholesky stable.
+
+The model error of the instrument operator (0.2-1 % per pixel, see :mod:`cvae_pms.xp.instrument`)
+is a separate, documented term in flux space on ``SAMPLING_NM``: a fractional per-pixel error
+``model_error_fraction`` correlated in wavelength with a Gaussian of ``model_error_corr_nm``
+(about one line-spread sigma: ~6 nm at 400 nm, ~20 nm at 550-800 nm). Training adds it to the
+sampled-flux noise; inference adds ``model_error_variance`` (with the correlation) to the
+propagated flux covariance.
+
+One definition of the formulas: the numpy functions call the TensorFlow ones (float64 inside).
+"""
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .instrument import BANDS, internal_bases, window_samples
+from .sampling import SAMPLING_NM
+
+#: Package data file with the fitted constants.
+DEFAULT_FILE = "xp_noise_model.json"
+_CHUNK = 4096
+
+
+class NoiseModelError(ValueError):
+    """Bad input to the XP noise model, or an unreadable noise-model file."""
+
+
+@dataclass(frozen=True)
+class NoiseModel:
+    """Constants of the XP noise model (per band where a pair: (BP, RP)).
+
+    The field defaults are the fit's starting values; :meth:`default` is the fitted model.
+
+    Attributes:
+        exposure_s: integration time per sample and transit, s.
+        read_noise_e: read-out noise per sample, electrons.
+        background_e_s: sky + stray-light background per sample, e-/s, (BP, RP); fitted.
+        floor_fraction: per-transit fractional flux floor, independent per sample, (BP, RP); fitted.
+        sample_correlation: AR(1) correlation of the noise of neighbouring samples within one
+            transit, (BP, RP); fitted (epoch spectra are resampled onto the mean pseudo-wavelength
+            scale before averaging, which correlates neighbours and lowers high-order errors).
+        n_dither: sub-pixel positions each window sample is spread over (4: condition number of
+            Phi Phi^T 3.6, vs 230 without dithering; 10 changes the errors by < 0.5 % at 2.5x
+            the cost).
+        model_error_fraction: fractional per-pixel flux error of the forward model.
+        model_error_corr_nm: Gaussian correlation length of that error in wavelength, nm.
+        fit: provenance of the fitted values (data file, assumed transits, residuals, date).
+    """
+
+    exposure_s: float = 4.4167
+    read_noise_e: float = 4.5
+    background_e_s: tuple[float, float] = (40.0, 40.0)
+    floor_fraction: tuple[float, float] = (0.026, 0.010)
+    sample_correlation: tuple[float, float] = (0.0, 0.0)
+    n_dither: int = 4
+    model_error_fraction: float = 0.005
+    model_error_corr_nm: float = 15.0
+    fit: dict = field(default_factory=dict, compare=False, hash=False)
+
+    @classmethod
+    def default(cls) -> "NoiseModel":
+        """The fitted model shipped as ``cvae_pms/data/xp_noise_model.json``."""
+        return _default_model()
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "NoiseModel":
+        """Read a noise model JSON file (as written by :meth:`to_dict` / the fit script)."""
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise NoiseModelError(f"{path}: cannot read noise model ({exc})") from exc
+        return cls.from_dict(data, source=str(path))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "noise model") -> "NoiseModel":
+        """Build from a dictionary; unknown keys are an error."""
+        known = set(cls.__dataclass_fields__)
+        unknown = set(data) - known
+        if unknown:
+            raise NoiseModelError(f"{source}: unknown keys {sorted(unknown)}")
+        kw = dict(data)
+        for key in ("background_e_s", "floor_fraction", "sample_correlation"):
+            if key in kw:
+                kw[key] = tuple(float(v) for v in kw[key])
+                if len(kw[key]) != 2:
+                    raise NoiseModelError(f"{source}: {key} needs two values (BP, RP)")
+        model = cls(**kw)
+        if min(model.background_e_s + model.floor_fraction + model.sample_correlation) < 0 \
+                or max(model.sample_correlation) >= 1 or model.n_dither < 1:
+            raise NoiseModelError(f"{source}: background/floor must be >= 0, sample_correlation "
+                                  "in [0, 1) and n_dither >= 1")
+        return model
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON dictionary of every constant (and the fit provenance)."""
+        d = asdict(self)
+        d["background_e_s"] = list(self.background_e_s)
+        d["floor_fraction"] = list(self.floor_fraction)
+        d["sample_correlation"] = list(self.sample_correlation)
+        return d
+
+
+@functools.lru_cache(maxsize=1)
+def _default_model() -> NoiseModel:
+    ref = resources.files("cvae_pms") / "data" / DEFAULT_FILE
+    with resources.as_file(ref) as path:
+        if not path.is_file():
+            raise NoiseModelError(f"{path}: noise model file missing (run scripts/fit_noise_model.py)")
+        return NoiseModel.from_file(path)
+
+
+@functools.lru_cache(maxsize=8)
+def sample_bases(band: str, n_dither: int) -> np.ndarray:
+    """Internal bases at the dithered sample positions of the window: (55, 60 * n_dither)."""
+    n = window_samples(band)
+    offsets = (np.arange(n_dither) + 0.5) / n_dither - 0.5
+    u = (np.arange(n)[:, None] + offsets[None, :]).ravel()
+    phi = internal_bases(band, u)
+    phi.setflags(write=False)
+    return phi
+
+
+# ---------------------------------------------------------------- TensorFlow definitions
+def _tf():
+    import tensorflow as tf  # imported lazily: numpy-only users do not pay for it
+
+    return tf
+
+
+def _tf_inputs(bp, rp, n_transits):
+    tf = _tf()
+    bp = tf.cast(tf.convert_to_tensor(bp), tf.float64)
+    rp = tf.cast(tf.convert_to_tensor(rp), tf.float64)
+    nt = tf.cast(tf.convert_to_tensor(n_transits), tf.float64)
+    nt = tf.broadcast_to(tf.reshape(nt, [-1]), tf.shape(bp)[:1])
+    return bp, rp, nt
+
+
+def _tf_band_information(c, nt, band: str, k: int, model: NoiseModel):
+    """Fisher matrix Phi W Phi^T (n, 55, 55) float64 of one band, with AR(1)-correlated samples.
+
+    For each of the ``n_dither`` sub-pixel phases (N / n_dither transits each) the 60 samples of a
+    transit have variances Var_u and correlation rho^|i-j|. Whitening the AR(1) noise turns the
+    bases scaled by 1/sqrt(Var_u) into b_0 = a_0, b_i = (a_i - rho a_{i-1}) / sqrt(1 - rho^2).
+    """
+    tf = _tf()
+    t = model.exposure_s
+    rho = float(model.sample_correlation[k])
+    phi = tf.constant(sample_bases(band, model.n_dither), tf.float64)  # (55, 60 * n_dither)
+    n_u = tf.nn.relu(tf.matmul(c, phi))  # (n, P) e-/s per sample
+    var = (n_u * t + model.background_e_s[k] * t + model.read_noise_e**2
+           + (model.floor_fraction[k] * n_u * t) ** 2) / t**2
+    a = phi[None, :, :] * tf.math.rsqrt(var)[:, None, :]  # (n, 55, P), P ordered (sample, phase)
+    if rho > 0.0:
+        nd = model.n_dither
+        head, tail = a[:, :, :nd], (a[:, :, nd:] - rho * a[:, :, :-nd]) / np.sqrt(1.0 - rho**2)
+        a = tf.concat([head, tail], axis=2)
+    scale = tf.sqrt(nt / model.n_dither)[:, None, None]
+    a = a * scale
+    return tf.matmul(a, a, transpose_b=True)
+
+
+def _tf_covariance(chol):
+    tf = _tf()
+    eye = tf.eye(tf.shape(chol)[-1], batch_shape=tf.shape(chol)[:1], dtype=tf.float64)
+    return tf.linalg.cholesky_solve(chol, eye)
+
+
+def tf_coefficient_covariance(bp, rp, n_transits, model: NoiseModel | None = None):
+    """TensorFlow: coefficient covariances (bp_cov, rp_cov), each (n, 55, 55) float64.
+
+    Args:
+        bp, rp: (n, 55) noise-free coefficients (any float dtype; computed in float64).
+        n_transits: (n,) or scalar number of transits.
+        model: noise constants (default :meth:`NoiseModel.default`).
+    """
+    tf = _tf()
+    model = model or NoiseModel.default()
+    bp, rp, nt = _tf_inputs(bp, rp, n_transits)
+    return tuple(_tf_covariance(tf.linalg.cholesky(_tf_band_information(c, nt, band, k, model)))
+                 for k, (band, c) in enumerate(zip(BANDS, (bp, rp))))
+
+
+def tf_draw_observation(bp, rp, n_transits, seed_or_generator, model: NoiseModel | None = None):
+    """TensorFlow: one noisy observation per row, distributed as ``N(c, Cov(c))``.
+
+    The draw is ``c + L_F^{-T} z`` with ``L_F L_F^T = Phi W Phi^T``: the same distribution as
+    ``c + chol(Cov) z``.
+
+    Args:
+        bp, rp: (n, 55) noise-free coefficients.
+        n_transits: (n,) or scalar.
+        seed_or_generator: a ``tf.random.Generator`` (preferred inside ``tf.function``), or an
+            int / shape-(2,) stateless seed.
+        model: noise constants (default :meth:`NoiseModel.default`).
+
+    Returns:
+        (bp_obs, rp_obs) in the input dtype, (bp_cov, rp_cov) float64 (n, 55, 55).
+    """
+    tf = _tf()
+    model = model or NoiseModel.default()
+    dtype = tf.convert_to_tensor(bp).dtype
+    bp64, rp64, nt = _tf_inputs(bp, rp, n_transits)
+    shape = tf.concat([[2], tf.shape(bp64)[:1], [55]], 0)
+    if isinstance(seed_or_generator, tf.random.Generator):
+        z = seed_or_generator.normal(shape, dtype=tf.float64)
+    else:
+        seed = seed_or_generator
+        if isinstance(seed, (int, np.integer)):
+            seed = [int(seed), 0]
+        z = tf.random.stateless_normal(shape, seed=seed, dtype=tf.float64)
+    obs, covs = [], []
+    for k, (band, c) in enumerate(zip(BANDS, (bp64, rp64))):
+        chol = tf.linalg.cholesky(_tf_band_information(c, nt, band, k, model))
+        # L_F^{-T} z has covariance (L_F L_F^T)^{-1}.
+        x = tf.linalg.triangular_solve(chol, z[k][:, :, None], lower=True, adjoint=True)[:, :, 0]
+        obs.append(tf.cast(c + x, dtype))
+        covs.append(_tf_covariance(chol))
+    return obs[0], obs[1], covs[0], covs[1]
+
+
+# ---------------------------------------------------------------- numpy front ends
+def _check(bp: np.ndarray, rp: np.ndarray, n_transits) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    bp = np.atleast_2d(np.asarray(bp, dtype=np.float64))
+    rp = np.atleast_2d(np.asarray(rp, dtype=np.float64))
+    if bp.shape != rp.shape or bp.shape[1:] != (55,):
+        raise NoiseModelError(f"bp {bp.shape} and rp {rp.shape} must both be (n, 55)")
+    nt = np.broadcast_to(np.asarray(n_transits, dtype=np.float64).reshape(-1) if np.ndim(n_transits)
+                         else np.float64(n_transits), (bp.shape[0],)).copy()
+    bad = ~(np.isfinite(bp).all(1) & np.isfinite(rp).all(1))
+    if bad.any():
+        raise NoiseModelError(f"row {int(np.argmax(bad))}: non-finite coefficients")
+    if np.any(~np.isfinite(nt) | (nt < 1)):
+        raise NoiseModelError(f"row {int(np.argmax(~np.isfinite(nt) | (nt < 1)))}: n_transits must be >= 1")
+    return bp, rp, nt
+
+
+def coefficient_covariance(bp: np.ndarray, rp: np.ndarray, n_transits,
+                           model: NoiseModel | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Coefficient covariances of mean spectra (numpy front end of the TF definition).
+
+    Args:
+        bp, rp: (n, 55) noise-free coefficients (archive units).
+        n_transits: (n,) or scalar number of transits used in the mean spectrum.
+        model: noise constants (default :meth:`NoiseModel.default`).
+
+    Returns:
+        (bp_cov, rp_cov): (n, 55, 55) float64 each.
+    """
+    bp, rp, nt = _check(bp, rp, n_transits)
+    model = model or NoiseModel.default()
+    out_bp = np.empty((bp.shape[0], 55, 55))
+    out_rp = np.empty_like(out_bp)
+    for lo in range(0, bp.shape[0], _CHUNK):
+        sl = slice(lo, lo + _CHUNK)
+        cb, cr = tf_coefficient_covariance(bp[sl], rp[sl], nt[sl], model)
+        out_bp[sl], out_rp[sl] = cb.numpy(), cr.numpy()
+    return out_bp, out_rp
+
+
+def draw_observation(bp: np.ndarray, rp: np.ndarray, n_transits, rng: np.random.Generator,
+                     model: NoiseModel | None = None
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Noisy mean-spectrum coefficients ``c + L z`` (L L^T = Cov(c)), z from ``rng``.
+
+    Args:
+        bp, rp: (n, 55) noise-free coefficients.
+        n_transits: (n,) or scalar.
+        rng: numpy Generator (the draw is reproducible from it).
+        model: noise constants (default :meth:`NoiseModel.default`).
+
+    Returns:
+        (bp_obs, rp_obs, bp_cov, rp_cov): (n, 55) and (n, 55, 55) float64.
+    """
+    bp, rp, nt = _check(bp, rp, n_transits)
+    model = model or NoiseModel.default()
+    out = [np.empty_like(bp), np.empty_like(rp), np.empty((bp.shape[0], 55, 55)), np.empty((bp.shape[0], 55, 55))]
+    for lo in range(0, bp.shape[0], _CHUNK):
+        sl = slice(lo, lo + _CHUNK)
+        seed = rng.integers(0, 2**31 - 1, size=2)
+        res = tf_draw_observation(bp[sl], rp[sl], nt[sl], seed, model)
+        for o, r in zip(out, res):
+            o[sl] = r.numpy()
+    return out[0], out[1], out[2], out[3]
+
+
+# ---------------------------------------------------------------- model error (flux space)
+@functools.lru_cache(maxsize=4)
+def _model_error_cholesky(corr_nm: float) -> np.ndarray:
+    d = SAMPLING_NM[:, None] - SAMPLING_NM[None, :]
+    corr = np.exp(-0.5 * (d / corr_nm) ** 2)
+    # A Gaussian kernel matrix is numerically singular; 1e-6 on the diagonal makes it positive
+    # definite while changing each pixel's variance by 1e-6.
+    chol = np.linalg.cholesky(corr + 1e-6 * np.eye(SAMPLING_NM.size))
+    chol.setflags(write=False)
+    return chol
+
+
+def model_error_correlation_cholesky(model: NoiseModel | None = None) -> np.ndarray:
+    """Cholesky factor (343, 343) of the model-error correlation on SAMPLING_NM."""
+    model = model or NoiseModel.default()
+    return _model_error_cholesky(float(model.model_error_corr_nm))
+
+
+def model_error_variance(flux_w_m2_nm: np.ndarray, model: NoiseModel | None = None) -> np.ndarray:
+    """Per-pixel model-error variance (n, 343) = (fraction * flux)^2, (W m^-2 nm^-1)^2."""
+    model = model or NoiseModel.default()
+    return (model.model_error_fraction * np.asarray(flux_w_m2_nm, dtype=float)) ** 2
+
+
+def model_error_covariance(flux_w_m2_nm: np.ndarray, model: NoiseModel | None = None) -> np.ndarray:
+    """Full model-error covariance (n, 343, 343): sigma_i sigma_j rho_ij (for small n)."""
+    model = model or NoiseModel.default()
+    sig = model.model_error_fraction * np.atleast_2d(np.asarray(flux_w_m2_nm, dtype=float))
+    chol = model_error_correlation_cholesky(model)
+    rho = chol @ chol.T
+    return sig[:, :, None] * rho[None] * sig[:, None, :]
+
+
+def draw_model_error(flux_w_m2_nm: np.ndarray, rng: np.random.Generator,
+                     model: NoiseModel | None = None) -> np.ndarray:
+    """One correlated model-error draw per row (n, 343), to add to sampled flux."""
+    model = model or NoiseModel.default()
+    flux = np.atleast_2d(np.asarray(flux_w_m2_nm, dtype=float))
+    z = rng.standard_normal(flux.shape) @ model_error_correlation_cholesky(model).T
+    return model.model_error_fraction * np.abs(flux) * z

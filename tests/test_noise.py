@@ -1,0 +1,165 @@
+"""The XP noise model: fit to real DR3 errors, draw statistics, numpy/TF parity, scalings."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from astropy.table import Table
+
+from cvae_pms.physics.photosphere import table_wavelength_nm
+from cvae_pms.physics.sed import sed_flux
+from cvae_pms.xp import noise as nz
+from cvae_pms.xp.instrument import sed_to_coefficients
+from cvae_pms.xp.photometry import g_mag
+from cvae_pms.xp.sampling import SAMPLING_NM, sampled_flux, sampled_flux_error
+
+REAL_FILE = "xp_spectral_lines/xp_continuous_combined_chunk0.fits"
+
+
+@pytest.fixture(scope="module")
+def real(real_xp) -> dict[str, np.ndarray]:
+    t = Table.read(real_xp / REAL_FILE)
+    out = {}
+    for band in ("bp", "rp"):
+        out[band] = np.stack([np.asarray(t[f"{band}_coeff_{i}"], float) for i in range(55)], axis=1)
+        out[f"e_{band}"] = np.stack([np.asarray(t[f"e_{band}_coeff_{i}"], float) for i in range(55)], axis=1)
+    ok = np.all([np.isfinite(v).all(1) & (v != 0).any(1) for v in out.values()], axis=0)
+    return {k: v[ok] for k, v in out.items()}
+
+
+@pytest.fixture(scope="module")
+def real_and_model(real):
+    # the file has no transit counts: 40 assumed, as in the fit
+    cov_bp, cov_rp = nz.coefficient_covariance(real["bp"], real["rp"], 40)
+    return real, cov_bp, cov_rp
+
+
+def _diag(cov: np.ndarray) -> np.ndarray:
+    return np.sqrt(np.diagonal(cov, axis1=1, axis2=2))
+
+
+def test_coefficient_errors_match_real_per_g_bin(real_and_model):
+    real, cov_bp, cov_rp = real_and_model
+    g = g_mag(real["bp"], real["rp"])
+    checked = 0
+    for lo in np.arange(8.0, 21.0):
+        sel = (g >= lo) & (g < lo + 1)
+        if sel.sum() < 50:
+            continue
+        checked += 1
+        for band, cov in (("bp", cov_bp), ("rp", cov_rp)):
+            ratio = np.median(_diag(cov[sel]) / real[f"e_{band}"][sel])
+            assert 0.8 <= ratio <= 1.25, f"{band} G {lo}-{lo + 1}: median model/real error {ratio:.2f}"
+    assert checked >= 5
+
+
+def test_per_pixel_flux_errors_match_real(real_and_model):
+    real, cov_bp, cov_rp = real_and_model
+    g = g_mag(real["bp"], real["rp"])
+    eye = np.eye(55)
+    # the file has no correlations: compare like with like (diagonal covariances on both sides)
+    fe_real = sampled_flux_error(real["e_bp"][:, :, None] ** 2 * eye, real["e_rp"][:, :, None] ** 2 * eye)
+    fe_model = sampled_flux_error(_diag(cov_bp)[:, :, None] ** 2 * eye, _diag(cov_rp)[:, :, None] ** 2 * eye)
+    for wl in (400.0, 550.0, 800.0):
+        j = int(np.argmin(np.abs(SAMPLING_NM - wl)))
+        for lo in np.arange(8.0, 21.0):
+            sel = (g >= lo) & (g < lo + 1)
+            if sel.sum() < 50:
+                continue
+            ratio = np.median(fe_model[sel, j] / fe_real[sel, j])
+            assert 1 / 1.5 <= ratio <= 1.5, f"{wl} nm, G {lo}: median model/real flux error {ratio:.2f}"
+
+
+def _star(scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Coefficients (1, 55) of a 4500 K accreting star at 10 pc (G ~ 4) times ``scale``."""
+    wl = table_wavelength_nm()
+    theta = np.array([[4500.0, 4.5, 0.0, -9.0, 0.05, 0.8, 0.5]])
+    bp, rp = sed_to_coefficients(sed_flux(theta, wl), wl)
+    return bp * scale, rp * scale
+
+
+def test_draws_have_the_model_covariance():
+    bp, rp = _star(1e-4)  # G ~ 14
+    n = 8_000  # sampling sd of a variance 0.016, of a correlation 0.011: tolerances are ~5 sigma
+    obs_bp, obs_rp, cov_bp, cov_rp = nz.draw_observation(np.repeat(bp, n, 0), np.repeat(rp, n, 0), 30,
+                                                         np.random.default_rng(0))
+    for obs, c, cov in ((obs_bp, bp, cov_bp[0]), (obs_rp, rp, cov_rp[0])):
+        white = np.linalg.solve(np.linalg.cholesky(cov), (obs - c).T).T
+        sample = np.cov(white, rowvar=False)
+        assert np.abs(np.diag(sample) - 1).max() < 0.08
+        assert np.abs(sample - np.diag(np.diag(sample))).max() < 0.06
+        assert np.abs(white.mean(0)).max() < 0.06
+
+
+def test_draws_reproducible():
+    bp, rp = _star(1e-4)
+    a = nz.draw_observation(bp, rp, 20, np.random.default_rng(3))[0]
+    b = nz.draw_observation(bp, rp, 20, np.random.default_rng(3))[0]
+    c = nz.draw_observation(bp, rp, 20, np.random.default_rng(4))[0]
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_numpy_tf_parity_and_float32_stability():
+    bp, rp = _star(1.0)
+    scales = np.array([1e-1, 1e-3, 1e-5, 1e-7])[:, None]  # G ~ 4 to 19
+    bp, rp = bp * scales, rp * scales
+    nt = np.array([15.0, 40.0, 80.0, 25.0])
+    np_bp, np_rp = nz.coefficient_covariance(bp, rp, nt)
+    fn = tf.function(nz.tf_coefficient_covariance, jit_compile=False)
+    tf_bp, tf_rp = fn(tf.constant(bp), tf.constant(rp), tf.constant(nt))
+    np.testing.assert_allclose(tf_bp.numpy(), np_bp, rtol=1e-6, atol=1e-12 * np.abs(np_bp).max())
+    np.testing.assert_allclose(tf_rp.numpy(), np_rp, rtol=1e-6, atol=1e-12 * np.abs(np_rp).max())
+
+    gen = tf.random.Generator.from_seed(1)
+    draw = tf.function(lambda b, r, n: nz.tf_draw_observation(b, r, n, gen), jit_compile=False)
+    ob, orp, cb, cr = draw(tf.constant(bp, tf.float32), tf.constant(rp, tf.float32), tf.constant(nt, tf.float32))
+    assert ob.dtype == tf.float32 and cb.dtype == tf.float64
+    assert np.all(np.isfinite(ob.numpy())) and np.all(np.isfinite(orp.numpy()))
+    # float32 inputs give the same covariance as float64 ones to float32 precision
+    np.testing.assert_allclose(cb.numpy(), np_bp, rtol=1e-3, atol=1e-6 * np.abs(np_bp).max())
+
+
+def test_errors_shrink_with_transits_and_grow_relative_when_faint():
+    bp, rp = _star(1e-4)
+    few, _ = nz.coefficient_covariance(bp, rp, 15)
+    many, _ = nz.coefficient_covariance(bp, rp, 80)
+    assert np.all(_diag(many) < _diag(few))
+    assert _diag(few)[0, 0] / _diag(many)[0, 0] == pytest.approx(np.sqrt(80 / 15), rel=0.05)
+    faint, _ = nz.coefficient_covariance(bp * 0.01, rp * 0.01, 40)
+    bright, _ = nz.coefficient_covariance(bp, rp, 40)
+    rel_faint = _diag(faint)[0, 0] / (0.01 * bp[0, 0])
+    rel_bright = _diag(bright)[0, 0] / bp[0, 0]
+    assert rel_faint > 3 * rel_bright
+    assert 3e-4 < rel_bright < 1e-2  # ~1e-3 at G_BP ~ 14 with 40 transits (DR3: 0.0014 at G_BP 12)
+
+
+def test_model_error_terms():
+    m = nz.NoiseModel.default()
+    chol = nz.model_error_correlation_cholesky()
+    rho = chol @ chol.T
+    np.testing.assert_allclose(np.diag(rho), 1.0, atol=2e-6)
+    j = int(np.argmin(np.abs(SAMPLING_NM - 600.0)))
+    k = int(np.argmin(np.abs(SAMPLING_NM - (600.0 + m.model_error_corr_nm))))
+    dist = SAMPLING_NM[k] - SAMPLING_NM[j]
+    assert rho[j, k] == pytest.approx(np.exp(-0.5 * (dist / m.model_error_corr_nm) ** 2), abs=1e-5)
+    flux = sampled_flux(*_star(1e-4))
+    var = nz.model_error_variance(flux)
+    np.testing.assert_allclose(var, (m.model_error_fraction * flux) ** 2)
+    draws = nz.draw_model_error(np.repeat(flux, 4000, 0), np.random.default_rng(0))
+    np.testing.assert_allclose(draws.std(0) / np.sqrt(var[0]), 1.0, atol=0.08)
+
+
+def test_noise_model_file_round_trip(tmp_path):
+    m = nz.NoiseModel.default()
+    assert m.fit["assumed_transits"] == 40 and "date" in m.fit
+    path = tmp_path / "nm.json"
+    path.write_text(json.dumps(m.to_dict()))
+    assert nz.NoiseModel.from_file(path) == m
+    path.write_text(json.dumps({**m.to_dict(), "bogus": 1}))
+    with pytest.raises(nz.NoiseModelError, match="bogus"):
+        nz.NoiseModel.from_file(path)
+    with pytest.raises(nz.NoiseModelError, match="row 1"):
+        nz.coefficient_covariance(np.ones((2, 55)), np.ones((2, 55)), [40, 0])
