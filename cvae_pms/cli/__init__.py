@@ -13,6 +13,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 #: (module in cvae_pms.cli, attribute) of every registered command or group.
 COMMANDS: tuple[tuple[str, str], ...] = (
+    ("grid_cmd", "grid"),
+    ("xp_cmd", "xp"),
+    ("crosscheck_cmd", "crosscheck"),
+    ("train_cmd", "train"),
+    ("infer_cmd", "infer"),
+    ("evaluate_cmd", "evaluate"),
+    ("simulate_cmd", "simulate"),
 )
 
 

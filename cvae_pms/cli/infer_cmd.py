@@ -1,0 +1,96 @@
+"""``cvae-pms infer``: posterior samples for Gaia XP sources (streaming, flags, plots, Dask)."""
+from __future__ import annotations
+
+import signal
+import sys
+from pathlib import Path
+
+import click
+
+
+def _sigterm_to_exit(signum, frame) -> None:
+    raise SystemExit(f"terminated by signal {signum}; completed sources kept (use --resume)")
+
+
+@click.command("infer")
+@click.argument("run", type=click.Path(path_type=Path))
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path),
+              help="Posterior HDF5 file to write (with --dask: the stem of one file per input).")
+@click.option("--samples", default=1000, show_default=True, help="Posterior samples per source.")
+@click.option("--summary", type=click.Path(path_type=Path), default=None,
+              help="Summary table (.ecsv, .csv or .fits).")
+@click.option("--batch", default=256, show_default=True, help="Sources per chunk.")
+@click.option("--seed", default=0, show_default=True, help="Global seed (per-source keys).")
+@click.option("--plots", type=click.Path(path_type=Path), default=None,
+              help="Folder for per-source corner plots.")
+@click.option("--max-plots", default=20, show_default=True, help="At most this many plots.")
+@click.option("--truth", type=click.Path(path_type=Path), default=None,
+              help="Truth table (source_id + parameter columns) for truth lines in plots.")
+@click.option("--resume", is_flag=True, help="Continue from OUT.partial (or an existing OUT).")
+@click.option("--dask", "dask_spec", default=None,
+              help="local:N (LocalCluster, N workers) or a scheduler address tcp://host:port.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def infer(run: Path, inputs: tuple[Path, ...], out: Path, samples: int, summary: Path | None,
+          batch: int, seed: int, plots: Path | None, max_plots: int, truth: Path | None,
+          resume: bool, dask_spec: str | None, quiet: bool) -> None:
+    """Draw posterior samples for every source in the XP files INPUTS with the model RUN.
+
+    Writes OUT (samples, status flags, messages per source) and optionally a summary
+    table and corner plots. Exit 1 when the model or an input cannot be used, or when an
+    input has no usable source (its failures are still recorded in OUT).
+    """
+    from cvae_pms.infer import InferError, check_paths
+    from cvae_pms.infer import infer as run_infer
+    from cvae_pms.ood import OODError
+    from cvae_pms.plots.corner_plots import TruthTableError
+    from cvae_pms.posterior_file import PosteriorFileError
+
+    command_line = ["cvae-pms", "infer", *sys.argv[2:]] if len(sys.argv) > 1 else ["cvae-pms"]
+    errors = (InferError, OODError, PosteriorFileError, TruthTableError)
+    if dask_spec is not None:
+        from cvae_pms.plots.corner_plots import plot_posterior_file
+        from cvae_pms.scaleout import dask_client, infer_dask
+
+        try:
+            check_paths(inputs, out, summary)
+            with dask_client(dask_spec) as client:
+                table, infos = infer_dask(client, run, inputs, out, summary=summary,
+                                          n_samples=samples, seed=seed, batch=batch,
+                                          resume=resume, command_line=command_line)
+            if plots is not None and infos:
+                plot_posterior_file(infos[0]["part"], plots, max_plots=max_plots, truth=truth)
+        except errors as exc:
+            raise click.ClickException(str(exc)) from exc
+        for info in infos:
+            click.echo(f"{info['part']}: {info['n_sources']} sources, {info['n_failed']} failed, "
+                       f"{info['n_ood']} OOD")
+        if summary:
+            click.echo(f"summary of {len(table)} sources: {summary}")
+        unusable = {k: v for info in infos for k, v in info["unusable_files"].items()}
+    else:
+        previous = signal.signal(signal.SIGTERM, _sigterm_to_exit)
+        try:
+            res = run_infer(run, inputs, out, n_samples=samples, seed=seed, batch=batch,
+                            summary=summary, resume=resume, plots=plots, max_plots=max_plots,
+                            truth=truth, progress=not quiet, command_line=command_line,
+                            log=lambda s: click.echo(s, err=True))
+        except errors as exc:
+            raise click.ClickException(str(exc)) from exc
+        except KeyboardInterrupt:
+            raise click.ClickException(
+                f"interrupted; completed sources kept in {out}.partial: rerun with --resume")
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+        rate = res.n_sources / res.seconds if res.seconds > 0 else float("nan")
+        click.echo(f"{res.out}: {res.n_sources} sources ({res.n_failed} failed, {res.n_ood} OOD"
+                   + (f", {res.n_skipped} already done" if res.n_skipped else "")
+                   + f") in {res.seconds:.1f} s ({rate:.1f} sources/s)")
+        if res.summary:
+            click.echo(f"summary: {res.summary}")
+        if res.plots:
+            click.echo(f"{len(res.plots)} corner plots in {plots}")
+        unusable = res.unusable_files
+    if unusable:
+        raise click.ClickException("no usable source in: " + "; ".join(
+            f"{k} ({v})" for k, v in unusable.items()))

@@ -1,0 +1,78 @@
+"""Atomic writers for diagnostic results: JSON, tables (CSV/ECSV) and figures.
+
+Each writes ``<name>.tmp-<pid>`` next to the target and renames it, so a killed run never
+leaves a half-written result behind.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+from astropy.table import Table
+
+
+def _tmp(path: Path) -> Path:
+    return path.with_name(f"{path.name}.tmp-{os.getpid()}")
+
+
+def _plain(obj):
+    """JSON-ready copy: numpy scalars/arrays to Python, NaN/inf to None."""
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _plain(obj.tolist())
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating, float)):
+        v = float(obj)
+        return v if math.isfinite(v) else None
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def write_json(path: str | os.PathLike, obj: dict) -> Path:
+    """Write ``obj`` as indented JSON (NaN -> null) atomically."""
+    path = Path(path)
+    tmp = _tmp(path)
+    try:
+        tmp.write_text(json.dumps(_plain(obj), indent=1, allow_nan=False) + "\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def write_table(table: Table, path: str | os.PathLike) -> Path:
+    """Write an astropy table; format from the suffix (.csv or .ecsv)."""
+    path = Path(path)
+    fmt = {".csv": "ascii.csv", ".ecsv": "ascii.ecsv"}[path.suffix.lower()]
+    tmp = _tmp(path)
+    try:
+        table.write(tmp, format=fmt, overwrite=True)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> Path:
+    """Save a matplotlib figure (format from the suffix) atomically and close it."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    tmp = _tmp(path)
+    try:
+        fig.savefig(tmp, dpi=dpi, format=path.suffix.lstrip(".") or "png")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+        plt.close(fig)
+    return path

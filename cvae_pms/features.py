@@ -1,0 +1,209 @@
+"""The one path from an XP observation to the network input (training and inference).
+
+Input: BP/RP coefficients (n, 55) and their covariances (n, 55, 55) in the archive's units.
+Steps (all in TensorFlow, float32; numpy callers go through :meth:`Featuriser.numpy`):
+
+1. Per-source scale ``s = |c_BP,0| + |c_RP,0|`` (the zero-order coefficients track the total
+   flux): coefficients are divided by ``s`` and covariances by ``s^2`` so every later number
+   is O(1) in float32 (calibrated fluxes are ~1e-17 W m^-2 nm^-1, their variances would
+   underflow float32).
+2. Calibrated sampled flux on 336-1020 nm (343 pixels, 2 nm) with the design matrices of
+   :func:`cvae_pms.xp.sampling.calibration_matrices` (merge weights included), and its
+   per-pixel variance ``diag(A^T C A)`` of the propagated coefficient covariance plus the
+   noise model's model-error variance ``(f_me(lambda) * flux)^2``.
+3. Normalisation by the mean flux over the whole 336-1020 nm range. Why: it is an integral
+   over all pixels, dominated by the bright, well-measured red half for cool or reddened
+   stars and never near zero for a real source, while the blue pixels of such stars can be
+   ~0 or negative (dividing by a blue norm or taking logs there would explode); unlike a
+   red-half-only norm it keeps hot, blue stars at O(1) too.
+4. Features: ``flux / norm`` (343) and the relative noise level
+   ``log10(sigma / norm)`` clipped to :data:`RELNOISE_CLIP` (343), then standardised with
+   the training-set mean/std stored in the model dir (:class:`FeatureSpec`).
+5. Also returned: ``log10(norm)`` in W m^-2 nm^-1 (the absolute flux level), for a later
+   luminosity channel; it is not a network input.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+#: Bump when anything in the feature computation changes (models refuse other versions).
+FEATURE_VERSION = 1
+N_COEFF = 55
+N_PIXELS = 343
+N_FEATURES = 2 * N_PIXELS
+#: Clip of log10(sigma / norm) (relative per-pixel noise): 1e-5 .. 10.
+RELNOISE_CLIP = (-5.0, 1.0)
+
+
+class FeatureError(ValueError):
+    """A feature specification is missing, malformed or was made with another version."""
+
+
+def default_matrices() -> tuple[np.ndarray, np.ndarray]:
+    """gaiaxpy's calibration design matrices (55, 343) for BP and RP, merge weights included."""
+    from cvae_pms.xp.sampling import calibration_matrices
+    a_bp, a_rp = calibration_matrices()
+    return np.asarray(a_bp, dtype=np.float64), np.asarray(a_rp, dtype=np.float64)
+
+
+def matrices_digest(a_bp: np.ndarray, a_rp: np.ndarray) -> str:
+    """sha256 of the design matrices (as float32, little-endian), stored with models."""
+    h = hashlib.sha256()
+    for a in (a_bp, a_rp):
+        h.update(np.ascontiguousarray(a, dtype="<f4").tobytes())
+    return h.hexdigest()
+
+
+@dataclass
+class FeatureSpec:
+    """Everything that defines the feature map besides the design matrices.
+
+    ``mean``/``std``: standardisation of the raw features (686,); ``model_error_frac``:
+    fractional per-pixel model-error sigma (343,) from the noise model; ``matrices_sha256``:
+    digest of the design matrices used.
+    """
+
+    model_error_frac: np.ndarray
+    mean: np.ndarray = field(default_factory=lambda: np.zeros(N_FEATURES))
+    std: np.ndarray = field(default_factory=lambda: np.ones(N_FEATURES))
+    matrices_sha256: str = ""
+    relnoise_clip: tuple[float, float] = RELNOISE_CLIP
+    version: int = FEATURE_VERSION
+
+    @property
+    def y_dim(self) -> int:
+        return N_FEATURES
+
+    def save(self, directory: str | Path) -> None:
+        """Write ``features.json`` (scalars) and ``features.npz`` (arrays) into ``directory``."""
+        from cvae_pms.model.rundir import atomic_write_bytes, atomic_write_text
+        d = Path(directory)
+        meta = {"version": self.version, "relnoise_clip": list(self.relnoise_clip),
+                "matrices_sha256": self.matrices_sha256, "n_features": N_FEATURES,
+                "normalisation": "mean calibrated flux over 336-1020 nm"}
+        atomic_write_text(d / "features.json", json.dumps(meta, indent=1))
+        import io
+        buf = io.BytesIO()
+        np.savez(buf, mean=self.mean, std=self.std, model_error_frac=self.model_error_frac)
+        atomic_write_bytes(d / "features.npz", buf.getvalue())
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "FeatureSpec":
+        """Read a spec saved by :meth:`save`; refuses another :data:`FEATURE_VERSION`."""
+        d = Path(directory)
+        try:
+            meta = json.loads((d / "features.json").read_text())
+            arrays = np.load(d / "features.npz")
+            spec = cls(model_error_frac=arrays["model_error_frac"], mean=arrays["mean"],
+                       std=arrays["std"], matrices_sha256=meta["matrices_sha256"],
+                       relnoise_clip=tuple(meta["relnoise_clip"]), version=meta["version"])
+        except (OSError, KeyError, ValueError) as exc:
+            raise FeatureError(f"{d}: cannot read the feature specification "
+                               f"(features.json/features.npz): {exc}") from exc
+        if spec.version != FEATURE_VERSION:
+            raise FeatureError(f"{d}: model made with feature version {spec.version}, this "
+                               f"cvae-pms computes version {FEATURE_VERSION}; retrain the model")
+        return spec
+
+
+class Featuriser:
+    """TF feature map built from a :class:`FeatureSpec` and the design matrices.
+
+    Example:
+        >>> f = Featuriser(FeatureSpec(model_error_frac=np.full(343, 0.005)))  # doctest: +SKIP
+        >>> y, log10_norm = f.numpy(bp, rp, bp_cov, rp_cov)                  # doctest: +SKIP
+    """
+
+    def __init__(self, spec: FeatureSpec, matrices: tuple[np.ndarray, np.ndarray] | None = None):
+        a_bp, a_rp = default_matrices() if matrices is None else matrices
+        digest = matrices_digest(a_bp, a_rp)
+        if spec.matrices_sha256 and spec.matrices_sha256 != digest:
+            raise FeatureError("the XP calibration design matrices differ from the ones this "
+                               "model was trained with (gaiaxpy configuration changed?)")
+        spec.matrices_sha256 = digest
+        self.spec = spec
+        # Scale the matrices so that a unit zero-order coefficient gives flux ~1.
+        self.a_scale = float(np.mean(np.abs(a_bp[0]) + np.abs(a_rp[0])))
+        self.log10_a_scale = float(np.log10(self.a_scale))
+        self.a_bp = tf.constant(a_bp / self.a_scale, tf.float32)
+        self.a_rp = tf.constant(a_rp / self.a_scale, tf.float32)
+        self.me_frac = tf.constant(spec.model_error_frac, tf.float32)
+        self.set_standardisation(spec.mean, spec.std)
+        self._numpy_fn = tf.function(self.features, reduce_retracing=True)
+
+    def set_standardisation(self, mean: np.ndarray, std: np.ndarray) -> None:
+        """Set the feature mean/std (686,) (also stored in the spec)."""
+        std = np.where(np.asarray(std) > 1e-6, std, 1.0)
+        self.spec.mean, self.spec.std = np.asarray(mean, np.float64), np.asarray(std, np.float64)
+        self.mean = tf.constant(self.spec.mean, tf.float32)
+        self.std = tf.constant(self.spec.std, tf.float32)
+
+    # -- TF pieces ---------------------------------------------------------------------
+    def scaled_flux(self, bp: tf.Tensor, rp: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """Flux in per-source units (n, 343) and log10 of the unit in W m^-2 nm^-1 (n,)."""
+        bp = tf.cast(bp, tf.float32)
+        rp = tf.cast(rp, tf.float32)
+        s = tf.abs(bp[:, 0]) + tf.abs(rp[:, 0]) + 1e-30
+        flux = (bp / s[:, None]) @ self.a_bp + (rp / s[:, None]) @ self.a_rp
+        return flux, tf.math.log(s) / tf.math.log(10.0) + self.log10_a_scale
+
+    def flux_variance(self, bp: tf.Tensor, rp: tf.Tensor, bp_cov: tf.Tensor, rp_cov: tf.Tensor
+                      ) -> tf.Tensor:
+        """Per-pixel variance (n, 343) of the propagated coefficient covariance, same units
+        as :meth:`scaled_flux` (without the model error)."""
+        bp = tf.cast(bp, tf.float32)
+        rp = tf.cast(rp, tf.float32)
+        s2 = tf.square(tf.abs(bp[:, 0]) + tf.abs(rp[:, 0]) + 1e-30)[:, None, None]
+        out = 0.0
+        for cov, a in ((bp_cov, self.a_bp), (rp_cov, self.a_rp)):
+            ca = tf.einsum("nij,jp->nip", tf.cast(cov, tf.float32) / s2, a)
+            out += tf.reduce_sum(ca * a[None], axis=1)
+        return tf.maximum(out, 0.0)
+
+    def model_error_variance(self, flux: tf.Tensor) -> tf.Tensor:
+        """Model-error variance (n, 343) of a flux in the same units."""
+        return tf.square(self.me_frac * flux)
+
+    def from_flux(self, flux: tf.Tensor, variance: tf.Tensor, log10_unit: tf.Tensor,
+                  standardise: bool = True) -> tuple[tf.Tensor, tf.Tensor]:
+        """Features (n, 686) and log10 norm [W m^-2 nm^-1] (n,) from flux + total variance."""
+        norm = tf.reduce_mean(flux, axis=-1)
+        floor = 1e-6 * tf.reduce_max(tf.abs(flux), axis=-1) + 1e-30
+        norm = tf.maximum(norm, floor)
+        rel = flux / norm[:, None]
+        lo, hi = self.spec.relnoise_clip
+        relnoise = tf.clip_by_value(
+            0.5 * tf.math.log(variance + 1e-30) / tf.math.log(10.0)
+            - tf.math.log(norm)[:, None] / tf.math.log(10.0), lo, hi)
+        y = tf.concat([rel, relnoise], axis=-1)
+        if standardise:
+            y = (y - self.mean) / self.std
+        log10_norm = tf.math.log(norm) / tf.math.log(10.0) + log10_unit
+        return y, log10_norm
+
+    def features(self, bp: tf.Tensor, rp: tf.Tensor, bp_cov: tf.Tensor, rp_cov: tf.Tensor,
+                 standardise: bool = True) -> tuple[tf.Tensor, tf.Tensor]:
+        """Features (n, 686) and log10 norm (n,) of observed coefficients + covariances."""
+        flux, log10_unit = self.scaled_flux(bp, rp)
+        var = self.flux_variance(bp, rp, bp_cov, rp_cov) + self.model_error_variance(flux)
+        return self.from_flux(flux, var, log10_unit, standardise)
+
+    # -- numpy entry -------------------------------------------------------------------
+    def numpy(self, bp: np.ndarray, rp: np.ndarray, bp_cov: np.ndarray, rp_cov: np.ndarray,
+              standardise: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`features` for numpy arrays (bp/rp (n, 55), covariances (n, 55, 55))."""
+        args = [np.asarray(a, dtype=np.float32) for a in (bp, rp, bp_cov, rp_cov)]
+        if args[0].ndim != 2 or args[0].shape[1] != N_COEFF or args[1].shape != args[0].shape:
+            raise FeatureError(f"expected bp, rp of shape (n, {N_COEFF}), got "
+                               f"{args[0].shape}, {args[1].shape}")
+        if args[2].shape != args[0].shape + (N_COEFF,) or args[3].shape != args[2].shape:
+            raise FeatureError(f"expected covariances of shape (n, {N_COEFF}, {N_COEFF}), got "
+                               f"{args[2].shape}, {args[3].shape}")
+        y, lg = self._numpy_fn(*[tf.constant(a) for a in args], standardise=standardise)
+        return y.numpy(), lg.numpy()

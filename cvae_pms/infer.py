@@ -1,0 +1,419 @@
+"""Batched, streaming posterior inference for Gaia XP sources, and its output files.
+
+``infer(run_dir, inputs, out)`` reads every input file chunk by chunk
+(:func:`cvae_pms.xp.archive.iter_xp`), computes features with each source's own covariance,
+draws ``S`` posterior samples per source, flags each source (:data:`~cvae_pms.posterior_file.
+STATUS_FLAGS`) and appends the chunk to the posterior file (:mod:`cvae_pms.posterior_file`).
+Memory stays flat in the number of sources.
+
+Reproducibility: the samples of a source depend only on (model, global seed, source_id, S):
+each source is sampled with its own key ``splitmix64(seed, source_id)``, so chunking, ``--batch``,
+``--resume`` and the Dask partitioning into files do not change them.
+
+Files: the output is written to ``POST.h5.tmp-<pid>`` and renamed to ``POST.h5`` at the end.
+On an interruption (Ctrl-C, SIGTERM, an error) the completed rows are kept as
+``POST.h5.partial``; ``--resume`` continues from it (or from an orphaned
+``POST.h5.tmp-<pid>`` of a killed run, or from an existing ``POST.h5`` when adding inputs),
+skipping every (input file, source_id) already done; it refuses a partial file made with
+another model, seed or S.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from cvae_pms import __version__, params
+from cvae_pms import posterior_file as pf
+from cvae_pms.ood import OODIndex, bound_flags, load_or_build_ood_index
+
+#: Sources per compiled call of the keyed sampler.
+KEYED_BATCH = 32
+#: Files of a model dir that define its samples (hashed into ``model_hash``).
+_MODEL_FILES = ("model.weights.h5", "network.json", "features.json", "features.npz",
+                "params.json")
+
+
+class InferError(Exception):
+    """Inference cannot run or an input gave nothing usable (the message names the file)."""
+
+
+def model_hash(run_dir: str | os.PathLike) -> str:
+    """sha256 (hex) over the files of a model dir that determine its samples."""
+    h = hashlib.sha256()
+    run = Path(run_dir)
+    for name in _MODEL_FILES:
+        p = run / name
+        if p.is_file():
+            h.update(name.encode())
+            with open(p, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+    return h.hexdigest()
+
+
+def source_seeds(seed: int, source_id: np.ndarray) -> np.ndarray:
+    """Per-source sampler seeds (n,) int64 >= 0: splitmix64 of (seed, source_id)."""
+    with np.errstate(over="ignore"):
+        x = (np.asarray(source_id, dtype=np.int64).astype(np.uint64)
+             ^ (np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15)))
+        x = x + np.uint64(0x9E3779B97F4A7C15)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        x = x ^ (x >> np.uint64(31))
+    return (x >> np.uint64(1)).astype(np.int64)
+
+
+@dataclass
+class Model:
+    """A loaded model dir with everything inference needs (load once per process)."""
+
+    run: object
+    ood: OODIndex
+    hash: str
+    g_range: tuple[float, float] | None
+
+    def sampler(self, n_samples: int, batch: int = KEYED_BATCH) -> "KeyedSampler":
+        """The compiled per-source-keyed sampler for ``n_samples`` (cached)."""
+        cache = self.__dict__.setdefault("_samplers", {})
+        if (n_samples, batch) not in cache:
+            cache[n_samples, batch] = KeyedSampler(self.run.net, n_samples, batch)
+        return cache[n_samples, batch]
+
+
+def load_model(run_dir: str | os.PathLike, log: Callable[[str], None] | None = None) -> Model:
+    """Load a model dir and its OOD index (building and caching ``RUN/ood.npz`` if absent).
+
+    Raises :class:`InferError` for a missing/incompatible model dir (another parameter table
+    or feature version).
+    """
+    from cvae_pms.model.rundir import RunDirError, load_run
+
+    try:
+        run = load_run(run_dir)
+    except RunDirError as exc:
+        raise InferError(f"cannot use model: {exc}") from exc
+    digest = model_hash(run_dir)
+    ood = load_or_build_ood_index(run, digest, log=log)
+    noise = run.config.get("noise", {}) if isinstance(run.config, dict) else {}
+    g_range = ((float(noise["g_min"]), float(noise["g_max"]))
+               if "g_min" in noise and "g_max" in noise else None)
+    return Model(run=run, ood=ood, hash=digest, g_range=g_range)
+
+
+_MODELS: dict[str, Model] = {}
+_MODELS_LOCK = threading.Lock()
+
+
+def cached_model(run_dir: str) -> Model:
+    """:func:`load_model` once per process and model dir (Dask workers reuse it for every
+    task; thread-safe, so threaded workers load it once too). ``cached_model.loads`` counts
+    the loads of this process."""
+    key = str(Path(run_dir).resolve())
+    with _MODELS_LOCK:
+        if key not in _MODELS:
+            _MODELS[key] = load_model(key)
+            cached_model.loads += 1
+        return _MODELS[key]
+
+
+cached_model.loads = 0
+
+
+class KeyedSampler:
+    """:class:`cvae_pms.model.sampler.PosteriorSampler` with one stateless seed per source.
+
+    Same algorithm and the same random streams as ``PosteriorSampler(net, S, batch=1)
+    .sample_unit(y[i:i+1], seed=key_i)`` for every source i (a test checks this), but
+    ``batch`` sources per compiled call: the per-source draws (mixture component, latent
+    normal, truncated-normal uniforms) are made row by row with each row's own seed
+    ``(key_i, 0)``, the networks run on the whole batch. So a source's samples depend on
+    (model, key, S) only, not on its neighbours in a batch.
+    """
+
+    def __init__(self, net, n_samples: int = 1000, batch: int = KEYED_BATCH) -> None:
+        import tensorflow as tf
+
+        self.net = net
+        self.n_samples = int(n_samples)
+        self.batch = int(batch)
+        self._fn = tf.function(self._draw_batch)
+
+    def _draw_batch(self, y, seeds):
+        import tensorflow as tf
+
+        from cvae_pms.model.cvae import LATENT_LOGVAR, bounded, decoder_moments
+        from cvae_pms.model.sampler import truncated_normal_icdf
+
+        net, S = self.net, self.n_samples
+        h = net.encode(y)
+        logits, loc, logvar_raw = net.prior_params(h)
+        scale = tf.exp(0.5 * bounded(logvar_raw, *LATENT_LOGVAR))         # (n, K, L)
+        pre_y = net.decoder_y_part(h)[:, None, :]                          # (n, 1, W)
+        latent, x_dim = loc.shape[-1], net.config.x_dim
+        comp, eps, uni = [], [], []
+        for r in range(self.batch):                                        # unrolled
+            s = tf.random.experimental.stateless_split(seeds[r], 3)
+            comp.append(tf.random.stateless_categorical(logits[r:r + 1], S, seed=s[0]))
+            eps.append(tf.random.stateless_normal((1, S, latent), seed=s[1]))
+            uni.append(tf.random.stateless_uniform((1, S, x_dim), seed=s[2]))
+        comp = tf.concat(comp, 0)
+        mu = tf.gather(loc, comp, batch_dims=1)                            # (n, S, L)
+        sd = tf.gather(scale, comp, batch_dims=1)
+        z = mu + sd * tf.concat(eps, 0)
+        mean_raw, logvar = net.decode_from_y_part(pre_y, z)
+        m, s = decoder_moments(mean_raw, logvar)
+        return truncated_normal_icdf(m, s, tf.concat(uni, 0))
+
+    def sample_unit(self, y: np.ndarray, keys: np.ndarray) -> np.ndarray:
+        """Unit-box samples (n, S, 7) float32 of features y (n, D), source i keyed on keys[i]."""
+        import tensorflow as tf
+
+        y = np.asarray(y, dtype=np.float32)
+        keys = np.asarray(keys, dtype=np.int64)
+        n = y.shape[0]
+        out = np.empty((n, self.n_samples, self.net.config.x_dim), dtype=np.float32)
+        for start in range(0, n, self.batch):
+            block, kb = y[start:start + self.batch], keys[start:start + self.batch]
+            k = block.shape[0]
+            if k < self.batch:
+                block = np.concatenate([block, np.repeat(block[-1:], self.batch - k, 0)])
+                kb = np.concatenate([kb, np.repeat(kb[-1:], self.batch - k)])
+            seeds = np.stack([kb, np.zeros_like(kb)], axis=1)
+            out[start:start + k] = self._fn(tf.constant(block), tf.constant(seeds)).numpy()[:k]
+        return out
+
+
+def sample_sources(model: Model, y: np.ndarray, source_id: np.ndarray, n_samples: int,
+                   seed: int) -> np.ndarray:
+    """Samples (n, S, 7) float32, physical units; source i is keyed on (seed, source_id[i])."""
+    u = model.sampler(n_samples).sample_unit(y, source_seeds(seed, source_id))
+    return params.from_unit(u).astype(np.float32)
+
+
+def infer_batch(model: Model, batch, n_samples: int, seed: int) -> pf.PosteriorChunk:
+    """Posterior rows for one :class:`~cvae_pms.xp.archive.XPBatch` (bad sources flagged)."""
+    from cvae_pms.xp.photometry import g_mag
+
+    n = len(batch)
+    samples = np.full((n, n_samples, params.N_PARAMS), np.nan, dtype=np.float32)
+    status = np.zeros(n, np.uint16)
+    message = np.array([str(e) for e in batch.error], dtype=object)
+    ood = np.full(n, np.nan)
+    ok = np.array([not e for e in message], dtype=bool)
+    if ok.any():
+        idx = np.flatnonzero(ok)
+        y, _ = model.run.features(batch.bp_coefficients[idx], batch.rp_coefficients[idx],
+                                  batch.bp_covariance[idx], batch.rp_covariance[idx])
+        finite = np.isfinite(y).all(axis=1)
+        for j in idx[~finite]:
+            message[j] = "non-finite features (zero or negative total flux?)"
+        ok[idx[~finite]] = False
+        idx, y = idx[finite], y[finite]
+        if idx.size:
+            samples[idx] = sample_sources(model, y, batch.source_id[idx], n_samples, seed)
+            ood[idx] = model.ood.distance(y)
+    status[~ok] |= pf.FLAG_FAILED
+    status[ok & model.ood.is_ood(ood)] |= pf.FLAG_OOD
+    bounds = np.zeros(n, np.uint8)
+    bounds[ok] = bound_flags(samples[ok], model.ood.prior_edge_fraction)
+    status[bounds > 0] |= pf.FLAG_AT_BOUND
+    status[ok & ~np.asarray(batch.correlations_present, bool)] |= pf.FLAG_DIAGONAL_COV
+    if model.g_range is not None and ok.any():
+        with np.errstate(invalid="ignore", divide="ignore"):
+            g = np.asarray(g_mag(batch.bp_coefficients, batch.rp_coefficients), dtype=float)
+        outside = ok & ((g < model.g_range[0]) | (g > model.g_range[1]))
+        status[outside] |= pf.FLAG_G_OUTSIDE_TRAINING
+    return pf.PosteriorChunk(source_id=batch.source_id, samples=samples, status=status,
+                             message=message.tolist(),
+                             input_file=[os.path.abspath(batch.path)] * n,
+                             ood_distance=ood, bound_params=bounds)
+
+
+@dataclass
+class InferResult:
+    """What :func:`infer` did: counts per input file and the files written."""
+
+    out: Path
+    summary: Path | None
+    n_sources: int = 0
+    n_failed: int = 0
+    n_ood: int = 0
+    n_skipped: int = 0
+    seconds: float = 0.0
+    per_file: dict = field(default_factory=dict)
+    unusable_files: dict = field(default_factory=dict)
+    plots: list = field(default_factory=list)
+
+
+def check_paths(inputs: Sequence[str | os.PathLike], out: str | os.PathLike,
+                summary: str | os.PathLike | None = None) -> list[Path]:
+    """Fail early (before loading anything): missing inputs, unknown formats, missing dirs."""
+    from cvae_pms.xp.archive import XPReadError, xp_format
+
+    out = Path(out)
+    if not out.parent.is_dir():
+        raise InferError(f"{out}: output directory {out.parent} does not exist")
+    if summary is not None:
+        s = Path(summary)
+        if not s.parent.is_dir():
+            raise InferError(f"{s}: summary directory {s.parent} does not exist")
+        if s.suffix.lower() not in (".ecsv", ".csv", ".fits"):
+            raise InferError(f"{s}: summary must end in .ecsv, .csv or .fits")
+    if not inputs:
+        raise InferError("no input file given")
+    paths = []
+    for p in inputs:
+        p = Path(p)
+        if not p.is_file():
+            raise InferError(f"{p}: no such input file")
+        try:
+            xp_format(p)
+        except XPReadError as exc:
+            raise InferError(str(exc)) from exc
+        paths.append(p)
+    return paths
+
+
+def _resume_source(out: Path) -> Path | None:
+    """Partial results to resume from: POST.h5.partial, an orphaned tmp, or POST.h5."""
+    partial = out.with_name(out.name + ".partial")
+    if partial.is_file():
+        return partial
+    orphans = []
+    for tmp in out.parent.glob(out.name + ".tmp-*"):
+        try:
+            pid = int(tmp.name.rsplit("-", 1)[1])
+        except ValueError:
+            continue
+        if pid != os.getpid() and not _pid_alive(pid):
+            orphans.append(tmp)
+    if orphans:
+        return max(orphans, key=lambda p: p.stat().st_mtime)
+    return out if out.is_file() else None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def infer(run_dir: str | os.PathLike, inputs: Sequence[str | os.PathLike],
+          out: str | os.PathLike, *, n_samples: int = 1000, seed: int = 0, batch: int = 256,
+          summary: str | os.PathLike | None = None, resume: bool = False,
+          plots: str | os.PathLike | None = None, max_plots: int = 20,
+          truth: str | os.PathLike | None = None, progress: bool = True,
+          command_line: Sequence[str] | None = None, model: Model | None = None,
+          log: Callable[[str], None] | None = None) -> InferResult:
+    """Posterior samples for every source of ``inputs``, written to the posterior file ``out``.
+
+    Args:
+        run_dir: trained model dir (:mod:`cvae_pms.model.rundir`).
+        inputs: XP archive files (any format :func:`~cvae_pms.xp.archive.iter_xp` reads).
+        out: posterior HDF5 file to write.
+        n_samples: samples per source S. seed: global seed. batch: sources per chunk.
+        summary: optional summary table (.ecsv/.csv/.fits). resume: continue partial results.
+        plots, max_plots, truth: corner plots of the first ``max_plots`` sources (truth lines
+            from a truth CSV with source_id + parameter columns).
+        progress: tqdm progress bar on stderr. command_line: recorded in the file.
+        model: an already loaded :class:`Model` (else loaded from ``run_dir``).
+
+    Raises:
+        InferError: bad paths, unusable model dir, an unreadable input file.
+    """
+    from tqdm import tqdm
+
+    from cvae_pms.xp.archive import XPReadError, iter_xp
+
+    t0 = time.time()
+    out = Path(out)
+    paths = check_paths(inputs, out, summary)
+    if n_samples < 1 or batch < 1:
+        raise InferError(f"--samples ({n_samples}) and --batch ({batch}) must be >= 1")
+    model = model or load_model(run_dir, log=log)
+    attrs = {"run_dir": str(Path(run_dir).resolve()), "model_hash": model.hash, "seed": int(seed),
+             "command_line": list(command_line or sys.argv), "cvae_pms_version": __version__,
+             "ood_threshold": float(model.ood.threshold), "ood_k": int(model.ood.k),
+             "inputs": [str(p.resolve()) for p in paths]}
+    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+    partial = out.with_name(out.name + ".partial")
+    done: set[tuple[str, int]] = set()
+    source = _resume_source(out) if resume else None
+    if source is not None:
+        shutil.copyfile(source, tmp)
+        try:
+            pf.PosteriorWriter(tmp, n_samples, resume=True, expect={
+                "model_hash": model.hash, "seed": int(seed)}).close()
+        except pf.PosteriorFileError as exc:
+            tmp.unlink()
+            raise InferError(f"cannot resume from {source}: {exc}") from exc
+        done = pf.completed_keys(tmp)
+        if log:
+            log(f"resuming from {source}: {len(done)} sources already done")
+    result = InferResult(out=out, summary=Path(summary) if summary else None,
+                         n_skipped=0)
+    bar = tqdm(unit="src", desc="infer", disable=not progress, file=sys.stderr)
+    try:
+        with pf.PosteriorWriter(tmp, n_samples, attrs=attrs, resume=source is not None) as w:
+            for path in paths:
+                key = os.path.abspath(path)
+                counts = {"sources": 0, "failed": 0, "ood": 0, "skipped": 0}
+                reasons: dict[str, int] = {}
+                try:
+                    for xb in iter_xp(path, chunk_size=batch):
+                        if done:
+                            todo = np.array([(key, int(s)) not in done for s in xb.source_id])
+                            counts["skipped"] += int((~todo).sum())
+                            if not todo.all():
+                                xb = xb.select(todo)
+                        if len(xb) == 0:
+                            continue
+                        chunk = infer_batch(model, xb, n_samples, seed)
+                        w.append(chunk)
+                        failed = (chunk.status & pf.FLAG_FAILED) > 0
+                        for m in np.asarray(chunk.message, dtype=object)[failed]:
+                            reasons[m] = reasons.get(m, 0) + 1
+                        counts["sources"] += len(chunk)
+                        counts["failed"] += int(failed.sum())
+                        counts["ood"] += int(((chunk.status & pf.FLAG_OOD) > 0).sum())
+                        bar.update(len(chunk))
+                except XPReadError as exc:
+                    raise InferError(str(exc)) from exc
+                result.per_file[str(path)] = counts
+                if counts["sources"] and counts["failed"] == counts["sources"]:
+                    result.unusable_files[str(path)] = "; ".join(
+                        f"{m} ({c})" for m, c in sorted(reasons.items(), key=lambda x: -x[1]))
+                result.n_sources += counts["sources"]
+                result.n_failed += counts["failed"]
+                result.n_ood += counts["ood"]
+                result.n_skipped += counts["skipped"]
+        os.replace(tmp, out)
+    except BaseException:
+        bar.close()
+        if tmp.exists():
+            os.replace(tmp, partial)
+        raise
+    bar.close()
+    if partial.exists():
+        partial.unlink()
+    if summary is not None:
+        pf.write_summary(pf.summary_table(pf.iter_posterior(out, samples=False)), summary)
+    if plots is not None:
+        from cvae_pms.plots.corner_plots import plot_posterior_file
+
+        result.plots = plot_posterior_file(out, plots, max_plots=max_plots, truth=truth)
+    result.seconds = time.time() - t0
+    return result

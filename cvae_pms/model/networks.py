@@ -1,0 +1,172 @@
+"""The three CVAE networks as Keras 3 layers: a shared trunk on the spectrum features y,
+the prior encoder r1(z|y), the recognition encoder q(z|x,y) and the decoder r2(x|z,y).
+
+The networks return plain tensors (logits, means, raw log-variances); the distributions
+are built from them in :mod:`cvae_pms.model.cvae` and :mod:`cvae_pms.model.sampler`
+(``tfp.layers`` does not work inside Keras 3 models). The decoder's first layer is split
+into a y-part (with bias) and a z-part (without), so the sampler can compute the y-part
+once per source.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import keras
+import tensorflow as tf
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """Shapes of the CVAE networks (every default visible here and in ``training/*.toml``).
+
+    ``trunk``: widths of the dense trunk on y; ``conv_filters``/``conv_kernel``: optional
+    1-D convolutions over the pixel axis before it (y is read as (pixels, channels));
+    ``components``/``latent``: mixture size and latent dimension of r1;
+    ``r1_hidden``, ``q_hidden``, ``r2_hidden``: head widths; ``activation``: Keras name.
+    """
+
+    y_dim: int
+    x_dim: int = 7
+    trunk: tuple[int, ...] = (512, 512, 256)
+    conv_filters: tuple[int, ...] = ()
+    conv_kernel: int = 5
+    conv_channels: int = 2
+    latent: int = 10
+    components: int = 16
+    r1_hidden: tuple[int, ...] = (256,)
+    q_hidden: tuple[int, ...] = (256,)
+    r2_hidden: tuple[int, ...] = (256, 256)
+    activation: str = "swish"
+    prior_mean_init_std: float = 1.0
+    logvar_bias_init: float = -1.0
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "NetworkConfig":
+        """Build from a config dict (lists become tuples; unknown keys are an error)."""
+        known = set(cls.__dataclass_fields__)
+        unknown = set(d) - known
+        if unknown:
+            raise KeyError(f"unknown model config keys: {sorted(unknown)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+def _mlp(widths: tuple[int, ...], activation: str, name: str, seed: int
+         ) -> list[keras.layers.Layer]:
+    return [keras.layers.Dense(w, activation=activation, name=f"{name}_{i}",
+                               kernel_initializer=keras.initializers.GlorotUniform(seed=seed + i))
+            for i, w in enumerate(widths)]
+
+
+class CVAENetworks(keras.Model):
+    """Trunk, r1, q and r2 of the Gabbard-style CVAE.
+
+    Output heads are float32 even under a mixed-precision policy.
+    """
+
+    def __init__(self, config: NetworkConfig, seed: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        self.config = config
+        c = config
+        init = lambda s: keras.initializers.GlorotUniform(seed=seed + s)  # noqa: E731
+        self.trunk_layers: list[keras.layers.Layer] = []
+        if c.conv_filters:
+            n_pix = c.y_dim // c.conv_channels
+            if n_pix * c.conv_channels != c.y_dim:
+                raise ValueError(f"y_dim {c.y_dim} is not a multiple of {c.conv_channels} channels")
+            self.trunk_layers += [keras.layers.Reshape((c.conv_channels, n_pix)),
+                                  keras.layers.Permute((2, 1))]
+            for i, f in enumerate(c.conv_filters):
+                self.trunk_layers += [
+                    keras.layers.Conv1D(f, c.conv_kernel, padding="same", activation=c.activation,
+                                        kernel_initializer=init(100 + i), name=f"conv_{i}"),
+                    keras.layers.MaxPooling1D(2)]
+            self.trunk_layers.append(keras.layers.Flatten())
+        for i, w in enumerate(c.trunk):
+            self.trunk_layers.append(keras.layers.Dense(
+                w, activation=c.activation, kernel_initializer=init(i), name=f"trunk_{i}"))
+        kl = c.components * c.latent
+        self.r1_hidden = _mlp(c.r1_hidden, c.activation, "r1", seed + 200)
+        self.r1_logits = keras.layers.Dense(c.components, dtype="float32", name="r1_logits",
+                                            kernel_initializer=init(500))
+        self.r1_loc = keras.layers.Dense(
+            kl, dtype="float32", name="r1_loc", kernel_initializer=init(501),
+            bias_initializer=keras.initializers.RandomNormal(stddev=c.prior_mean_init_std,
+                                                             seed=seed + 7))
+        self.r1_logvar = keras.layers.Dense(
+            kl, dtype="float32", name="r1_logvar", kernel_initializer=init(502),
+            bias_initializer=keras.initializers.Constant(c.logvar_bias_init))
+        self.q_hidden = _mlp(c.q_hidden, c.activation, "q", seed + 300)
+        self.q_loc = keras.layers.Dense(c.latent, dtype="float32", name="q_loc",
+                                        kernel_initializer=init(503))
+        self.q_logvar = keras.layers.Dense(
+            c.latent, dtype="float32", name="q_logvar", kernel_initializer=init(504),
+            bias_initializer=keras.initializers.Constant(c.logvar_bias_init))
+        w0 = c.r2_hidden[0]
+        self.r2_first_y = keras.layers.Dense(w0, name="r2_first_y", kernel_initializer=init(505))
+        self.r2_first_z = keras.layers.Dense(w0, use_bias=False, name="r2_first_z",
+                                             kernel_initializer=init(506))
+        self.r2_act = keras.layers.Activation(c.activation)
+        self.r2_hidden = _mlp(c.r2_hidden[1:], c.activation, "r2", seed + 400)
+        self.r2_mean = keras.layers.Dense(c.x_dim, dtype="float32", name="r2_mean",
+                                          kernel_initializer=init(507))
+        self.r2_logvar = keras.layers.Dense(c.x_dim, dtype="float32", name="r2_logvar",
+                                            kernel_initializer=init(508))
+
+    # -- pieces -------------------------------------------------------------------------
+    def encode(self, y: tf.Tensor) -> tf.Tensor:
+        """Trunk: features y (n, y_dim) -> encoding h (n, trunk[-1])."""
+        h = y
+        for layer in self.trunk_layers:
+            h = layer(h)
+        return h
+
+    def prior_params(self, h: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """r1(z|y): mixture logits (n, K), means (n, K, L), raw log-variances (n, K, L)."""
+        c = self.config
+        a = h
+        for layer in self.r1_hidden:
+            a = layer(a)
+        shape = (-1, c.components, c.latent)
+        return (self.r1_logits(a), tf.reshape(self.r1_loc(a), shape),
+                tf.reshape(self.r1_logvar(a), shape))
+
+    def posterior_params(self, h: tf.Tensor, x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """q(z|x,y): means (n, L) and raw log-variances (n, L); x is scaled to [0, 1]."""
+        a = tf.concat([h, tf.cast(x, h.dtype)], axis=-1)
+        for layer in self.q_hidden:
+            a = layer(a)
+        return self.q_loc(a), self.q_logvar(a)
+
+    def decoder_y_part(self, h: tf.Tensor) -> tf.Tensor:
+        """The y-part (with bias) of r2's first layer, computed once per source."""
+        return self.r2_first_y(h)
+
+    def decode_from_y_part(self, pre_y: tf.Tensor, z: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """r2(x|z,y) from the y-part: raw means (..., 7) and raw log-variances (..., 7).
+
+        ``pre_y`` broadcasts against the leading axes of ``z`` (e.g. (n, 1, W) with (n, S, L)).
+        """
+        a = self.r2_act(pre_y + self.r2_first_z(tf.cast(z, pre_y.dtype)))
+        for layer in self.r2_hidden:
+            a = layer(a)
+        return self.r2_mean(a), self.r2_logvar(a)
+
+    def call(self, inputs, training: bool = False):
+        """Run every piece once (used to build the weights): inputs = (y, x, z)."""
+        y, x, z = inputs
+        h = self.encode(y)
+        logits, loc, logvar = self.prior_params(h)
+        q_loc, q_logvar = self.posterior_params(h, x)
+        mean, dec_logvar = self.decode_from_y_part(self.decoder_y_part(h), z)
+        return logits, loc, logvar, q_loc, q_logvar, mean, dec_logvar
+
+
+def build_networks(config: NetworkConfig, seed: int = 0) -> CVAENetworks:
+    """Create the networks with seeded initialisers and build their weights."""
+    net = CVAENetworks(config, seed=seed)
+    net((tf.zeros((1, config.y_dim)), tf.zeros((1, config.x_dim)),
+         tf.zeros((1, config.latent))))
+    return net

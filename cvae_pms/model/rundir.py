@@ -1,0 +1,178 @@
+"""The model directory: everything needed to reproduce and use a trained CVAE.
+
+Layout of ``RUN/``:
+
+- ``model.weights.h5``: network weights (Keras 3);
+- ``network.json``: :class:`~cvae_pms.model.networks.NetworkConfig`;
+- ``config.json`` (the full resolved training config) and ``config.toml`` (the original text);
+- ``params.json``: :func:`cvae_pms.params.table_dict` of the training run;
+- ``features.json`` + ``features.npz``: :class:`~cvae_pms.features.FeatureSpec`;
+- ``grid.json``: training grid path, content hash and meta; ``noise.json``: noise-model constants;
+- ``split.npz``: train/val/test row indices of the grid;
+- ``history.csv``, ``loss.png``, ``checkpoints/``, ``tensorboard/`` (written by training).
+
+Every file is written to ``<name>.tmp-<pid>`` and renamed into place.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cvae_pms import params as P
+from cvae_pms.features import FEATURE_VERSION, FeatureError, Featuriser, FeatureSpec
+
+WEIGHTS = "model.weights.h5"
+
+
+class RunDirError(Exception):
+    """A model directory is missing, incomplete or incompatible (the message names it)."""
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via ``<path>.tmp-<pid>`` and ``os.replace``."""
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Text version of :func:`atomic_write_bytes` (UTF-8)."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | Path, obj) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=True, default=_json_default))
+
+
+def _json_default(o):
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, (tuple, set)):
+        return list(o)
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def save_weights(net, directory: str | Path) -> None:
+    """Save the network weights atomically as ``model.weights.h5``."""
+    d = Path(directory)
+    tmp = d / f"tmp-{os.getpid()}.weights.h5"
+    net.save_weights(str(tmp))
+    os.replace(tmp, d / WEIGHTS)
+
+
+def save_static(directory: str | Path, *, network: dict, config: dict, config_toml: str,
+                spec: FeatureSpec, grid_info: dict, noise: dict,
+                split: dict[str, np.ndarray]) -> None:
+    """Write every file of a model dir except weights and history (known at training start)."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    write_json(d / "network.json", network)
+    write_json(d / "config.json", config)
+    atomic_write_text(d / "config.toml", config_toml)
+    write_json(d / "params.json", P.table_dict())
+    spec.save(d)
+    write_json(d / "grid.json", grid_info)
+    write_json(d / "noise.json", noise)
+    import io
+    buf = io.BytesIO()
+    np.savez(buf, **{k: np.asarray(v, dtype=np.int64) for k, v in split.items()})
+    atomic_write_bytes(d / "split.npz", buf.getvalue())
+
+
+@dataclass
+class Run:
+    """A loaded model dir: networks, feature map and the stored training metadata."""
+
+    path: Path
+    net: object
+    featuriser: Featuriser
+    config: dict
+    grid_info: dict
+    noise: dict
+
+    @property
+    def spec(self) -> FeatureSpec:
+        return self.featuriser.spec
+
+    def split(self) -> dict[str, np.ndarray]:
+        """Train/val/test row indices of the training grid."""
+        with np.load(self.path / "split.npz") as f:
+            return {k: f[k] for k in f.files}
+
+    def features(self, bp: np.ndarray, rp: np.ndarray, bp_cov: np.ndarray, rp_cov: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        """Network input (n, 686) and log10 flux norm [W m^-2 nm^-1] (n,) of observations."""
+        return self.featuriser.numpy(bp, rp, bp_cov, rp_cov)
+
+    def sample(self, bp: np.ndarray, rp: np.ndarray, bp_cov: np.ndarray, rp_cov: np.ndarray,
+               n_samples: int = 1000, seed: int = 0, batch: int = 64) -> np.ndarray:
+        """Posterior samples (n, n_samples, 7), physical units, float32.
+
+        Identical for the same inputs, ``seed``, ``n_samples`` and ``batch``.
+        """
+        y, _ = self.features(bp, rp, bp_cov, rp_cov)
+        return self.sample_features(y, n_samples=n_samples, seed=seed, batch=batch)
+
+    def sample_features(self, y: np.ndarray, n_samples: int = 1000, seed: int = 0,
+                        batch: int = 64) -> np.ndarray:
+        """:meth:`sample` from precomputed features ``y`` (n, 686)."""
+        from cvae_pms.model.sampler import PosteriorSampler
+        key = (int(n_samples), int(batch))
+        cache = self.__dict__.setdefault("_samplers", {})
+        if key not in cache:
+            cache[key] = PosteriorSampler(self.net, n_samples=n_samples, batch=batch)
+        u = cache[key].sample_unit(y, seed=seed)
+        return P.from_unit(u).astype(np.float32)
+
+
+def _read_json(path: Path, run: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise RunDirError(f"{run}: not a complete model dir: {path.name} is missing") from exc
+    except ValueError as exc:
+        raise RunDirError(f"{run}: {path.name} is not valid JSON: {exc}") from exc
+
+
+def load_run(path: str | Path, matrices: tuple[np.ndarray, np.ndarray] | None = None) -> Run:
+    """Load a model dir; refuses another parameter table or feature version.
+
+    Raises:
+        RunDirError: missing dir/files, a mismatched parameter table or feature version.
+    """
+    from cvae_pms.model.networks import NetworkConfig, build_networks
+    run = Path(path)
+    if not run.is_dir():
+        raise RunDirError(f"{run}: model dir not found")
+    try:
+        P.check_table(_read_json(run / "params.json", run), f"model dir {run}")
+    except P.ParameterTableMismatch as exc:
+        raise RunDirError(str(exc)) from exc
+    try:
+        spec = FeatureSpec.load(run)
+        featuriser = Featuriser(spec, matrices)
+    except FeatureError as exc:
+        raise RunDirError(f"model dir {run}: {exc}") from exc
+    if spec.version != FEATURE_VERSION:  # FeatureSpec.load already refuses; kept explicit
+        raise RunDirError(f"model dir {run}: feature version {spec.version} != {FEATURE_VERSION}")
+    net_cfg = NetworkConfig.from_dict(_read_json(run / "network.json", run))
+    net = build_networks(net_cfg)
+    weights = run / WEIGHTS
+    if not weights.is_file():
+        raise RunDirError(f"{run}: no trained weights ({WEIGHTS}); training not finished?")
+    net.load_weights(str(weights))
+    return Run(path=run, net=net, featuriser=featuriser,
+               config=_read_json(run / "config.json", run),
+               grid_info=_read_json(run / "grid.json", run),
+               noise=_read_json(run / "noise.json", run))

@@ -1,0 +1,249 @@
+"""Out-of-distribution index and the bound flag.
+
+OOD distance of a source = mean Euclidean distance from its standardised feature vector
+(:func:`cvae_pms.features`, the network input) to its ``k`` nearest neighbours among
+noisy spectra of the run's training split (fresh noise drawn with the training noise
+model). The threshold is the 99th percentile of the same statistic over noisy spectra of the
+run's test split, so about 1 % of in-distribution sources are flagged.
+
+Bound flag: a parameter "piles at a bound" when more than :data:`BOUND_FRACTION` (20 %) of
+its samples lie within :data:`EDGE_WIDTH` (1 %) of the box width from an edge, unless the
+training prior itself puts at least :data:`PRIOR_PILED` (5 %) of its grid points in that edge
+band (then the pile is the prior's, not news).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from sklearn.neighbors import NearestNeighbors
+
+from cvae_pms import params
+
+OOD_FILE = "ood.npz"
+OOD_VERSION = 1
+EDGE_WIDTH = 0.01
+BOUND_FRACTION = 0.20
+PRIOR_PILED = 0.05
+
+
+class OODError(Exception):
+    """The OOD index cannot be built or read (names the run dir or file)."""
+
+
+@dataclass
+class OODIndex:
+    """Nearest-neighbour reference set in standardised feature space, and its threshold.
+
+    ``reference`` (n_ref, D) float32 standardised features of noisy training spectra;
+    ``threshold`` the flagging distance; ``k`` neighbours; ``prior_edge_fraction`` (7, 2):
+    fraction of training grid points within ``EDGE_WIDTH`` of the (low, high) edge.
+    """
+
+    reference: np.ndarray
+    k: int
+    threshold: float
+    quantile: float
+    prior_edge_fraction: np.ndarray
+    calibration_distance: np.ndarray
+    meta: dict
+
+    def __post_init__(self) -> None:
+        self.reference = np.ascontiguousarray(self.reference, dtype=np.float32)
+        self._nn = NearestNeighbors(n_neighbors=self.k, algorithm="brute").fit(self.reference)
+
+    def distance(self, features: np.ndarray, chunk: int = 2048) -> np.ndarray:
+        """Mean distance (n,) to the ``k`` nearest reference spectra; NaN for non-finite rows."""
+        features = np.asarray(features, dtype=np.float32)
+        if features.ndim != 2 or features.shape[1] != self.reference.shape[1]:
+            raise OODError(f"features of shape {features.shape}, the OOD index expects "
+                           f"(n, {self.reference.shape[1]})")
+        out = np.full(features.shape[0], np.nan)
+        good = np.flatnonzero(np.isfinite(features).all(axis=1))
+        for i in range(0, good.size, chunk):
+            idx = good[i:i + chunk]
+            dist, _ = self._nn.kneighbors(features[idx])
+            out[idx] = dist.mean(axis=1)
+        return out
+
+    def is_ood(self, distance: np.ndarray) -> np.ndarray:
+        """True where ``distance`` exceeds the threshold (False for NaN)."""
+        with np.errstate(invalid="ignore"):
+            return np.asarray(distance) > self.threshold
+
+
+def fit_ood_index(reference: np.ndarray, calibration: np.ndarray, k: int = 10,
+                  quantile: float = 99.0, prior_unit: np.ndarray | None = None,
+                  meta: dict | None = None) -> OODIndex:
+    """Fit an :class:`OODIndex` from standardised feature arrays.
+
+    ``reference`` (n_ref, D): noisy training spectra; ``calibration`` (n_cal, D): noisy
+    held-out (test) spectra, whose ``quantile`` percentile of the k-NN distance is the
+    threshold; ``prior_unit`` (N, 7): the training parameters scaled to [0, 1] (for
+    :func:`prior_edge_fraction`; None: a uniform prior).
+    """
+    reference = np.asarray(reference, dtype=np.float32)
+    reference = reference[np.isfinite(reference).all(axis=1)]
+    if reference.shape[0] <= k:
+        raise OODError(f"OOD index needs more than k={k} finite reference spectra, "
+                       f"got {reference.shape[0]}")
+    edge = (prior_edge_fraction(prior_unit) if prior_unit is not None
+            else np.full((params.N_PARAMS, 2), EDGE_WIDTH))
+    idx = OODIndex(reference, k, np.inf, quantile, edge, np.zeros(0), dict(meta or {}))
+    cal = idx.distance(calibration)
+    cal = cal[np.isfinite(cal)]
+    if cal.size == 0:
+        raise OODError("OOD index: no finite calibration spectrum")
+    idx.threshold = float(np.percentile(cal, quantile))
+    idx.calibration_distance = cal
+    return idx
+
+
+def prior_edge_fraction(prior_unit: np.ndarray) -> np.ndarray:
+    """Fraction (7, 2) of unit-scaled parameter vectors within EDGE_WIDTH of (low, high)."""
+    u = np.asarray(prior_unit, dtype=np.float64)
+    return np.stack([(u <= EDGE_WIDTH).mean(axis=0), (u >= 1 - EDGE_WIDTH).mean(axis=0)], axis=1)
+
+
+def bound_flags(samples: np.ndarray, prior_edge: np.ndarray | None = None) -> np.ndarray:
+    """Per source (n,) uint8 bit mask: bit i set when parameter i piles at a bound.
+
+    ``samples`` (n, S, 7) in physical units; NaN rows give 0. ``prior_edge`` (7, 2) from
+    :func:`prior_edge_fraction` (None: uniform prior, no edge is piled).
+    """
+    x = np.asarray(samples, dtype=np.float32)
+    width = params.HIGH - params.LOW
+    lo = (params.LOW + EDGE_WIDTH * width).astype(np.float32)
+    hi = (params.HIGH - EDGE_WIDTH * width).astype(np.float32)
+    with np.errstate(invalid="ignore"):
+        near = np.stack([(x <= lo).mean(axis=1), (x >= hi).mean(axis=1)], axis=2)  # (n, 7, 2)
+    piled_prior = (np.zeros((params.N_PARAMS, 2), bool) if prior_edge is None
+                   else np.asarray(prior_edge) >= PRIOR_PILED)
+    hit = ((near > BOUND_FRACTION) & ~piled_prior).any(axis=2)  # (n, 7)
+    weights = (1 << np.arange(params.N_PARAMS)).astype(np.uint8)
+    return (hit.astype(np.uint8) * weights).sum(axis=1).astype(np.uint8)
+
+
+def save_ood_index(index: OODIndex, path: str | os.PathLike) -> Path:
+    """Write the index (reference features included) to an ``.npz`` file atomically."""
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}.npz")
+    meta = {k: str(v) for k, v in index.meta.items()}
+    try:
+        np.savez(tmp, version=OOD_VERSION, reference=index.reference, k=index.k,
+                 threshold=index.threshold, quantile=index.quantile,
+                 prior_edge_fraction=index.prior_edge_fraction,
+                 calibration_distance=index.calibration_distance,
+                 meta_keys=np.array(list(meta), dtype=str),
+                 meta_values=np.array(list(meta.values()), dtype=str))
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def load_ood_index(path: str | os.PathLike) -> OODIndex:
+    """Read an index written by :func:`save_ood_index`."""
+    path = Path(path)
+    try:
+        with np.load(path) as z:
+            if int(z["version"]) != OOD_VERSION:
+                raise OODError(f"{path}: OOD index version {int(z['version'])}, "
+                               f"expected {OOD_VERSION}")
+            return OODIndex(z["reference"], int(z["k"]), float(z["threshold"]),
+                            float(z["quantile"]), z["prior_edge_fraction"],
+                            z["calibration_distance"],
+                            dict(zip(z["meta_keys"].tolist(), z["meta_values"].tolist())))
+    except (OSError, KeyError, ValueError) as exc:
+        raise OODError(f"{path}: cannot read OOD index ({exc})") from exc
+
+
+def build_ood_index(run_dir: str | os.PathLike, n_ref: int = 4000, n_cal: int = 2000,
+                    k: int = 10, seed: int = 0, run=None, model_hash: str | None = None,
+                    save: bool = True) -> OODIndex:
+    """Build the OOD index of a trained model dir and cache it as ``RUN/ood.npz``.
+
+    Draws ``n_ref`` training-split and ``n_cal`` test-split grid rows (validation rows when
+    the test split is empty), observes each once with fresh noise through the training noise
+    path (:class:`cvae_pms.train.TrainingNoise`: G and transits drawn from the run's noise
+    config), and fits :func:`fit_ood_index` on their standardised features. ``cvae-pms
+    train`` calls this at the end; ``cvae-pms infer`` calls it when ``ood.npz`` is absent.
+
+    Raises:
+        OODError: the training grid is missing or changed, or a split is empty.
+    """
+    import tensorflow as tf
+
+    from cvae_pms.grid.gridfile import GridError, open_grid
+    from cvae_pms.model.rundir import load_run
+    from cvae_pms.train import TrainingNoise
+    from cvae_pms.xp.noise import NoiseModel
+    from cvae_pms.xp.photometry import g_mag
+
+    run_dir = Path(run_dir)
+    run = run or load_run(run_dir)
+    if model_hash is None:
+        from cvae_pms.infer import model_hash as _hash
+
+        model_hash = _hash(run_dir)
+    grid_path = run.grid_info.get("path", "")
+    try:
+        grid = open_grid(grid_path)
+    except (GridError, OSError) as exc:
+        raise OODError(f"{run_dir}: cannot open the training grid {grid_path!r} to build the "
+                       f"OOD index ({exc})") from exc
+    rng = np.random.default_rng(seed)
+    split = run.split()
+    cal_rows = split.get("test", np.zeros(0, np.int64))
+    if cal_rows.size == 0:
+        cal_rows = split.get("val", np.zeros(0, np.int64))
+    train_rows = split.get("train", np.zeros(0, np.int64))
+    if train_rows.size <= k or cal_rows.size == 0:
+        raise OODError(f"{run_dir}: split.npz has {train_rows.size} training and "
+                       f"{cal_rows.size} test rows; the OOD index needs > {k} and > 0")
+    with grid:
+        if grid.content_hash != run.grid_info.get("content_hash", grid.content_hash):
+            raise OODError(f"{run_dir}: the grid at {grid_path} changed since training "
+                           f"(content hash differs)")
+        prior_unit = params.to_unit(grid.params[np.sort(train_rows)])
+        noise_fields = set(NoiseModel.__dataclass_fields__)
+        noise_model = NoiseModel.from_dict({key: v for key, v in run.noise.items()
+                                            if key in noise_fields})
+        noise = TrainingNoise(run.featuriser, noise_model, run.config["noise"])
+        feats = []
+        for j, rows in enumerate((train_rows, cal_rows)):
+            n = min(n_ref if j == 0 else n_cal, rows.size)
+            pick = np.sort(rng.choice(rows, size=n, replace=False))
+            bp, rp = grid.coefficients(pick)
+            g0 = np.asarray(g_mag(bp, rp), dtype=np.float32)
+            out = []
+            for i in range(0, n, 1024):
+                sl = slice(i, i + 1024)
+                y, _ = noise.observe(tf.constant(bp[sl], tf.float32),
+                                     tf.constant(rp[sl], tf.float32), tf.constant(g0[sl]),
+                                     tf.constant([seed, 1000 * j + i // 1024], tf.int64))
+                out.append(y.numpy())
+            feats.append(np.concatenate(out))
+    index = fit_ood_index(feats[0], feats[1], k=k, prior_unit=prior_unit,
+                          meta={"model_hash": model_hash, "seed": seed, "n_ref": feats[0].shape[0],
+                                "n_cal": feats[1].shape[0], "grid": grid_path})
+    if save:
+        save_ood_index(index, run_dir / OOD_FILE)
+    return index
+
+
+def load_or_build_ood_index(run, model_hash: str, log=None) -> OODIndex:
+    """The cached ``RUN/ood.npz`` when it belongs to this model (same hash), else build it."""
+    path = Path(run.path) / OOD_FILE
+    if path.is_file():
+        index = load_ood_index(path)
+        if index.meta.get("model_hash") == model_hash:
+            return index
+        if log:
+            log(f"{path}: made for another model version; rebuilding")
+    elif log:
+        log(f"{path}: no OOD index yet; building it (once per model)")
+    return build_ood_index(run.path, run=run, model_hash=model_hash)

@@ -1,0 +1,1 @@
+"""Figures drawn from numbers that exist first in files (posterior files, summary tables)."""

@@ -1,0 +1,407 @@
+"""The posterior file (HDF5): per-source samples, status flags, messages; and its summary table.
+
+Layout (``FORMAT_VERSION`` 1), ``n`` sources, ``S`` samples, 7 parameters in the order of
+:data:`cvae_pms.params.NAMES`, physical units:
+
+=================  ===============  =====================================================
+dataset            shape, dtype     content
+=================  ===============  =====================================================
+``source_id``      (n,) int64       Gaia DR3 source_id
+``samples``        (n, S, 7) f4     posterior samples; NaN for failed sources
+                                    (one source per chunk, shuffle + gzip level 1)
+``quantiles``      (n, 7, 5) f4     2.5, 16, 50, 84, 97.5 percentiles of ``samples``
+``status``         (n,) uint16      bit flags, see :data:`STATUS_FLAGS`
+``message``        (n,) utf-8       '' when all is well, else the reason(s)
+``input_file``     (n,) utf-8       absolute path of the input file the source came from
+``ood_distance``   (n,) f4          mean distance to the k nearest training spectra in
+                                    standardised feature space (NaN when failed)
+``bound_params``   (n,) uint8       bit i set: parameter ``NAMES[i]`` piles at a bound
+=================  ===============  =====================================================
+
+File attributes: ``format_version``, ``parameter_names``, ``parameter_units``,
+``parameter_bounds`` (7, 2), ``quantile_levels``, ``status_flags`` (JSON), ``n_samples``,
+``seed``, ``run_dir``, ``model_hash``, ``command_line``, ``cvae_pms_version``,
+``ood_threshold``, ``ood_k``, ``n_complete`` (rows completely written: a reader or a resume
+trusts only these).
+
+The writer appends chunk by chunk to resizable datasets, so memory stays flat in ``n``.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import h5py
+import numpy as np
+from astropy.table import Table
+
+from cvae_pms import params
+
+FORMAT_VERSION = 1
+
+#: Percentile levels stored in ``quantiles`` and reported in the summary table.
+QUANTILE_LEVELS = np.array([2.5, 16.0, 50.0, 84.0, 97.5])
+_Q_COLUMNS = ("p2.5", "p16", "median", "p84", "p97.5")
+
+FLAG_FAILED = 1
+FLAG_OOD = 2
+FLAG_AT_BOUND = 4
+FLAG_DIAGONAL_COV = 8
+FLAG_G_OUTSIDE_TRAINING = 16
+
+#: bit -> (name, meaning); also stored as JSON in the file attribute ``status_flags``.
+STATUS_FLAGS: dict[int, tuple[str, str]] = {
+    FLAG_FAILED: ("failed", "no samples (NaN-filled); the reason is in 'message'"),
+    FLAG_OOD: ("ood", "feature vector farther from the training spectra than the run's "
+                      "OOD threshold (99th percentile of in-distribution test spectra)"),
+    FLAG_AT_BOUND: ("at_bound", "for some parameter (see 'bound_params') more than 20 % of "
+                                "the samples lie within 1 % of a box edge where the training "
+                                "prior is not piled"),
+    FLAG_DIAGONAL_COV: ("diagonal_covariance", "input had no coefficient correlations: "
+                                               "covariance built from the errors alone"),
+    FLAG_G_OUTSIDE_TRAINING: ("g_outside_training", "estimated G magnitude outside the "
+                                                    "brightness range the model was trained on"),
+}
+
+_STR = h5py.string_dtype("utf-8")
+
+
+class PosteriorFileError(Exception):
+    """A posterior file is missing, malformed, or incompatible with the requested use."""
+
+
+def flag_names(status: int) -> list[str]:
+    """Names of the bits set in one ``status`` value, e.g. ``['ood', 'at_bound']``."""
+    return [name for bit, (name, _) in STATUS_FLAGS.items() if int(status) & bit]
+
+
+def bound_names(bits: int) -> str:
+    """Comma-separated parameter names whose bit is set in a ``bound_params`` value."""
+    return ",".join(n for i, n in enumerate(params.NAMES) if int(bits) >> i & 1)
+
+
+def posterior_quantiles(samples: np.ndarray) -> np.ndarray:
+    """Percentiles (n, 7, 5) at :data:`QUANTILE_LEVELS` of samples (n, S, 7); NaN rows stay NaN."""
+    samples = np.asarray(samples, dtype=np.float32)
+    out = np.full((samples.shape[0], samples.shape[2], QUANTILE_LEVELS.size), np.nan,
+                  dtype=np.float32)
+    good = np.isfinite(samples).all(axis=(1, 2))
+    if good.any():
+        q = np.percentile(samples[good], QUANTILE_LEVELS, axis=1)  # (5, m, 7)
+        out[good] = np.transpose(q, (1, 2, 0))
+    return out
+
+
+@dataclass
+class PosteriorChunk:
+    """Rows to append to a posterior file (all arrays share the first dimension n)."""
+
+    source_id: np.ndarray
+    samples: np.ndarray
+    status: np.ndarray
+    message: Sequence[str]
+    input_file: Sequence[str]
+    ood_distance: np.ndarray
+    bound_params: np.ndarray
+    quantiles: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return int(np.asarray(self.source_id).shape[0])
+
+
+class PosteriorWriter:
+    """Append posterior rows to a new (or resumed) HDF5 file; flushes after every chunk.
+
+    Use as a context manager. ``attrs`` become file attributes (JSON-encoded when not a
+    scalar, string or numeric array). With ``resume=True`` an existing file is opened,
+    truncated to its ``n_complete`` rows and appended to; ``expect`` (attribute -> value)
+    must then match the file's attributes (e.g. the model hash and seed).
+    """
+
+    def __init__(self, path: str | os.PathLike, n_samples: int, attrs: dict | None = None,
+                 resume: bool = False, expect: dict | None = None,
+                 compression_level: int = 1) -> None:
+        self.path = Path(path)
+        self.n_samples = int(n_samples)
+        if resume:
+            self._f = h5py.File(self.path, "r+")
+            try:
+                check_compatible(self._f, self.path, n_samples=n_samples, expect=expect)
+            except PosteriorFileError:
+                self._f.close()
+                raise
+            n = int(self._f.attrs.get("n_complete", 0))
+            for name in _ROW_DATASETS:
+                self._f[name].resize(n, axis=0)
+            self.n = n
+        else:
+            self._f = h5py.File(self.path, "w")
+            self._create(compression_level)
+            self.n = 0
+        for key, value in (attrs or {}).items():
+            self._f.attrs[key] = _attr_value(value)
+        self._f.attrs["n_complete"] = self.n
+        self._f.flush()
+
+    def _create(self, level: int) -> None:
+        f, s = self._f, self.n_samples
+        f.attrs["format_version"] = FORMAT_VERSION
+        f.attrs["parameter_names"] = list(params.NAMES)
+        f.attrs["parameter_units"] = [p.unit for p in params.PARAMS]
+        f.attrs["parameter_bounds"] = params.BOUNDS
+        f.attrs["quantile_levels"] = QUANTILE_LEVELS
+        f.attrs["status_flags"] = json.dumps(
+            {str(bit): {"name": n, "meaning": m} for bit, (n, m) in STATUS_FLAGS.items()})
+        f.attrs["n_samples"] = s
+        f.create_dataset("source_id", (0,), np.int64, maxshape=(None,), chunks=(4096,))
+        f.create_dataset("samples", (0, s, params.N_PARAMS), np.float32,
+                         maxshape=(None, s, params.N_PARAMS), chunks=(1, s, params.N_PARAMS),
+                         compression="gzip", compression_opts=level, shuffle=True)
+        f.create_dataset("quantiles", (0, params.N_PARAMS, QUANTILE_LEVELS.size), np.float32,
+                         maxshape=(None, params.N_PARAMS, QUANTILE_LEVELS.size),
+                         chunks=(1024, params.N_PARAMS, QUANTILE_LEVELS.size))
+        f.create_dataset("status", (0,), np.uint16, maxshape=(None,), chunks=(4096,))
+        f.create_dataset("message", (0,), _STR, maxshape=(None,), chunks=(1024,))
+        f.create_dataset("input_file", (0,), _STR, maxshape=(None,), chunks=(1024,))
+        f.create_dataset("ood_distance", (0,), np.float32, maxshape=(None,), chunks=(4096,))
+        f.create_dataset("bound_params", (0,), np.uint8, maxshape=(None,), chunks=(4096,))
+
+    def append(self, chunk: PosteriorChunk) -> None:
+        """Write ``chunk`` after the existing rows, then mark them complete and flush."""
+        m = len(chunk)
+        if m == 0:
+            return
+        samples = np.asarray(chunk.samples, dtype=np.float32)
+        if samples.shape != (m, self.n_samples, params.N_PARAMS):
+            raise PosteriorFileError(
+                f"{self.path}: samples of shape {samples.shape}, expected "
+                f"({m}, {self.n_samples}, {params.N_PARAMS})")
+        quantiles = chunk.quantiles if chunk.quantiles is not None else posterior_quantiles(samples)
+        values = {
+            "source_id": np.asarray(chunk.source_id, dtype=np.int64),
+            "samples": samples,
+            "quantiles": np.asarray(quantiles, dtype=np.float32),
+            "status": np.asarray(chunk.status, dtype=np.uint16),
+            "message": np.asarray([str(s) for s in chunk.message], dtype=object),
+            "input_file": np.asarray([str(s) for s in chunk.input_file], dtype=object),
+            "ood_distance": np.asarray(chunk.ood_distance, dtype=np.float32),
+            "bound_params": np.asarray(chunk.bound_params, dtype=np.uint8),
+        }
+        n0, n1 = self.n, self.n + m
+        for name in _ROW_DATASETS:
+            ds = self._f[name]
+            ds.resize(n1, axis=0)
+            ds[n0:n1] = values[name]
+        self.n = n1
+        self._f.attrs["n_complete"] = n1
+        self._f.flush()
+
+    def close(self) -> None:
+        """Close the file (idempotent)."""
+        if self._f.id.valid:
+            self._f.close()
+
+    def __enter__(self) -> "PosteriorWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+_ROW_DATASETS = ("source_id", "samples", "quantiles", "status", "message", "input_file",
+                 "ood_distance", "bound_params")
+
+
+def _attr_value(value):
+    if isinstance(value, (str, bytes, int, float, np.integer, np.floating, np.ndarray)):
+        return value
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return list(value)
+    return json.dumps(value)
+
+
+def check_compatible(f: h5py.File, path: Path, n_samples: int | None = None,
+                     expect: dict | None = None) -> None:
+    """Raise :class:`PosteriorFileError` unless ``f`` is a posterior file of this format,
+    parameter table, sample count and (``expect``) attribute values."""
+    if int(f.attrs.get("format_version", -1)) != FORMAT_VERSION:
+        raise PosteriorFileError(f"{path}: not a cvae-pms posterior file of format "
+                                 f"{FORMAT_VERSION}")
+    if list(f.attrs["parameter_names"]) != list(params.NAMES):
+        raise PosteriorFileError(f"{path}: parameters {list(f.attrs['parameter_names'])} != "
+                                 f"{list(params.NAMES)}")
+    if n_samples is not None and int(f.attrs["n_samples"]) != n_samples:
+        raise PosteriorFileError(f"{path}: holds {int(f.attrs['n_samples'])} samples per "
+                                 f"source, this run asks for {n_samples}")
+    for key, value in (expect or {}).items():
+        have = f.attrs.get(key)
+        if have is None or str(have) != str(_attr_value(value)):
+            raise PosteriorFileError(f"{path}: attribute {key} is {have!r}, expected {value!r}")
+
+
+@dataclass
+class Posterior:
+    """Contents of a posterior file (or of a slice of its rows)."""
+
+    source_id: np.ndarray
+    samples: np.ndarray | None
+    quantiles: np.ndarray
+    status: np.ndarray
+    message: np.ndarray
+    input_file: np.ndarray
+    ood_distance: np.ndarray
+    bound_params: np.ndarray
+    attrs: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.source_id.shape[0])
+
+
+def _open(path: str | os.PathLike) -> h5py.File:
+    path = Path(path)
+    if not path.is_file():
+        raise PosteriorFileError(f"{path}: no such posterior file")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise PosteriorFileError(f"{path}: not an HDF5 file ({exc})") from exc
+    try:
+        check_compatible(f, path)
+    except Exception:
+        f.close()
+        raise
+    return f
+
+
+def _attrs(f: h5py.File) -> dict:
+    out = {}
+    for k, v in f.attrs.items():
+        out[k] = v.decode() if isinstance(v, bytes) else v
+    return out
+
+
+def _rows(f: h5py.File, sl: slice, with_samples: bool) -> Posterior:
+    return Posterior(
+        source_id=f["source_id"][sl],
+        samples=f["samples"][sl] if with_samples else None,
+        quantiles=f["quantiles"][sl],
+        status=f["status"][sl],
+        message=f["message"].asstr()[sl],
+        input_file=f["input_file"].asstr()[sl],
+        ood_distance=f["ood_distance"][sl],
+        bound_params=f["bound_params"][sl],
+        attrs=_attrs(f),
+    )
+
+
+def read_posterior(path: str | os.PathLike, samples: bool = True) -> Posterior:
+    """Read all completed rows of a posterior file (``samples=False`` skips the big array)."""
+    with _open(path) as f:
+        return _rows(f, slice(0, int(f.attrs["n_complete"])), samples)
+
+
+def iter_posterior(path: str | os.PathLike, chunk_size: int = 4096,
+                   samples: bool = True) -> Iterator[Posterior]:
+    """Stream the completed rows of a posterior file in chunks of ``chunk_size`` sources."""
+    with _open(path) as f:
+        n = int(f.attrs["n_complete"])
+        for i in range(0, n, chunk_size):
+            yield _rows(f, slice(i, min(i + chunk_size, n)), samples)
+
+
+def completed_keys(path: str | os.PathLike) -> set[tuple[str, int]]:
+    """(input_file, source_id) of every completed row: the work a resume may skip."""
+    with _open(path) as f:
+        n = int(f.attrs["n_complete"])
+        files = f["input_file"].asstr()[:n]
+        ids = f["source_id"][:n]
+    return {(str(a), int(b)) for a, b in zip(files, ids)}
+
+
+def summary_table(posteriors: Iterator[Posterior] | Posterior) -> Table:
+    """The summary table of posterior rows: one row per source.
+
+    Columns: ``source_id``; per parameter ``<name>_median``, ``_p16``, ``_p84``, ``_p2.5``,
+    ``_p97.5`` (physical units) and ``<name>_width68`` (p84 - p16); ``status`` (bit flags),
+    ``flags`` (their names), ``at_bound`` (parameter names), ``ood_distance``, ``message``,
+    ``input_file``. Column units and descriptions come from :mod:`cvae_pms.params`.
+    """
+    parts = [posteriors] if isinstance(posteriors, Posterior) else list(posteriors)
+    if parts:
+        sid = np.concatenate([p.source_id for p in parts])
+        q = np.concatenate([p.quantiles for p in parts]).astype(np.float64)
+        status = np.concatenate([p.status for p in parts])
+        ood = np.concatenate([p.ood_distance for p in parts])
+        bound = np.concatenate([p.bound_params for p in parts])
+        msg = np.concatenate([p.message for p in parts]).astype(str)
+        inp = np.concatenate([p.input_file for p in parts]).astype(str)
+    else:
+        sid = np.zeros(0, np.int64)
+        q = np.zeros((0, params.N_PARAMS, QUANTILE_LEVELS.size))
+        status, ood, bound = np.zeros(0, np.uint16), np.zeros(0, np.float32), np.zeros(0, np.uint8)
+        msg = inp = np.zeros(0, dtype=str)
+    t = Table()
+    t["source_id"] = sid
+    order = (2, 1, 3, 0, 4)  # median, p16, p84, p2.5, p97.5
+    for j, p in enumerate(params.PARAMS):
+        for k in order:
+            t[f"{p.name}_{_Q_COLUMNS[k]}"] = q[:, j, k]
+            t[f"{p.name}_{_Q_COLUMNS[k]}"].unit = p.unit or None
+            t[f"{p.name}_{_Q_COLUMNS[k]}"].description = (
+                f"{p.description}: {QUANTILE_LEVELS[k]:g} percentile of the posterior")
+        t[f"{p.name}_width68"] = q[:, j, 3] - q[:, j, 1]
+        t[f"{p.name}_width68"].unit = p.unit or None
+        t[f"{p.name}_width68"].description = f"{p.description}: p84 - p16"
+    t["status"] = status.astype(np.int32)
+    t["status"].description = "bit flags: " + "; ".join(
+        f"{bit} {name}" for bit, (name, _) in STATUS_FLAGS.items())
+    t["flags"] = [",".join(flag_names(s)) for s in status]
+    t["at_bound"] = [bound_names(b) for b in bound]
+    t["ood_distance"] = ood.astype(np.float64)
+    t["ood_distance"].description = "mean distance to k nearest training spectra (features)"
+    t["message"] = msg
+    t["input_file"] = inp
+    if parts:
+        t.meta.update({k: _meta_value(v) for k, v in parts[0].attrs.items()
+                       if k in ("run_dir", "model_hash", "seed", "n_samples", "ood_threshold",
+                                "ood_k", "cvae_pms_version")})
+    return t
+
+
+def _meta_value(v):
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+def write_summary(table: Table, path: str | os.PathLike) -> Path:
+    """Write a summary table atomically; format from the extension (.ecsv, .csv, .fits)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    formats = {".ecsv": "ascii.ecsv", ".csv": "ascii.csv", ".fits": "fits"}
+    if suffix not in formats:
+        raise PosteriorFileError(f"{path}: summary format must be .ecsv, .csv or .fits")
+    if not path.parent.is_dir():
+        raise PosteriorFileError(f"{path}: directory {path.parent} does not exist")
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    try:
+        table.write(tmp, format=formats[suffix], overwrite=True)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def read_summary(path: str | os.PathLike) -> Table:
+    """Read a summary table written by :func:`write_summary`."""
+    path = Path(path)
+    fmt = {".ecsv": "ascii.ecsv", ".csv": "ascii.csv", ".fits": "fits"}.get(path.suffix.lower())
+    if fmt is None or not path.is_file():
+        raise PosteriorFileError(f"{path}: not a summary table (.ecsv, .csv or .fits)")
+    return Table.read(path, format=fmt)

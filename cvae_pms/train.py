@@ -1,0 +1,594 @@
+"""Training of the CVAE: config, data split, noise inside the step, annealing, checkpoints.
+
+``train(grid, config, out)`` reads a noiseless grid, splits it by seed (``split.npz``), and
+trains with a fresh noise draw for every spectrum in every batch, inside the compiled step:
+brightness G ~ U(g_min, g_max) and transits ~ U{transits_min..transits_max}; coefficients
+scaled to G; coefficient noise ``c + L z`` from :mod:`cvae_pms.xp.noise`; correlated
+model-error flux noise; then :mod:`cvae_pms.features`. Random numbers are stateless, keyed
+on (seed, epoch, step), so ``--resume`` after a kill gives the same weights as an
+uninterrupted run. Checkpoints (weights, optimizer, epoch, early-stopping state) are written
+every epoch; a non-finite loss stops training with a checkpoint and a message.
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from cvae_pms import params as P
+
+#: Every default of a training config (``training/*.toml`` override these).
+DEFAULT_CONFIG: dict = {
+    "model": {
+        "trunk": [512, 512, 256], "conv_filters": [], "conv_kernel": 5, "latent": 10,
+        "components": 16, "r1_hidden": [256], "q_hidden": [256], "r2_hidden": [256, 256],
+        "activation": "swish", "prior_mean_init_std": 1.0, "logvar_bias_init": -1.0,
+    },
+    "annealing": {"start": 50, "end": 150, "shape": "log", "truncation_ramp": True,
+                  "prior_warmup": True},
+    "training": {
+        "seed": 1, "epochs": 3800, "batch_size": 512, "learning_rate": 1e-3,
+        "lr_schedule": "cosine", "lr_final": 3e-5, "global_clipnorm": 1.0,
+        "val_fraction": 0.1, "test_fraction": 0.1, "val_max_rows": 4096,
+        "early_stopping_patience": 20, "steps_per_epoch": 0, "standardisation_rows": 8192,
+        "jit_compile": False, "checkpoints_kept": 2, "noise_copies": 1,
+    },
+    "noise": {"g_min": 9.0, "g_max": 17.65, "transits_min": 15, "transits_max": 80},
+}
+#: Keys that may differ between the stored config and a ``--resume`` call.
+RESUMABLE_KEYS = ("training.epochs", "training.early_stopping_patience")
+HISTORY_COLUMNS = ("epoch", "beta", "H", "KL", "L", "val_H", "val_KL", "lr", "time_s",
+                   "samples_per_s")
+RECIPE_DIR = Path(__file__).resolve().parents[1] / "training"
+
+
+class TrainingError(Exception):
+    """Training cannot start or continue (bad config, bad grid, non-finite loss ...)."""
+
+
+# ------------------------------------------------------------------------------ config
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _parse_value(text: str):
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def resolve_config(user: dict, overrides: tuple[str, ...] | list[str] = (),
+                   source: str = "config") -> dict:
+    """Defaults <- ``user`` (parsed TOML) <- ``key=value`` overrides; unknown keys raise."""
+    cfg = copy.deepcopy(DEFAULT_CONFIG)
+    known = _flatten(DEFAULT_CONFIG)
+
+    def put(key: str, value, where: str) -> None:
+        if key not in known:
+            raise TrainingError(f"{where}: unknown config key {key!r} "
+                                f"(known: {', '.join(sorted(known))})")
+        section, name = key.split(".", 1)
+        default = known[key]
+        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if isinstance(default, bool) != isinstance(value, bool) or (
+                not isinstance(default, bool) and type(default) is not type(value)):
+            raise TrainingError(f"{where}: {key} = {value!r} should be a "
+                                f"{type(default).__name__} like the default {default!r}")
+        cfg[section][name] = value
+
+    for key, value in _flatten(user).items():
+        put(key, value, source)
+    for item in overrides:
+        if "=" not in item:
+            raise TrainingError(f"--set {item!r}: expected key=value, e.g. training.epochs=5")
+        key, text = item.split("=", 1)
+        put(key.strip(), _parse_value(text.strip()), f"--set {item}")
+    return cfg
+
+
+def load_config(config: str | Path, overrides: tuple[str, ...] | list[str] = ()
+                ) -> tuple[dict, str]:
+    """Read a TOML recipe (a path, or a name in ``training/``) -> (resolved config, TOML text)."""
+    path = Path(config)
+    if not path.is_file() and (RECIPE_DIR / f"{config}.toml").is_file():
+        path = RECIPE_DIR / f"{config}.toml"
+    try:
+        text = path.read_text()
+        user = tomllib.loads(text)
+    except FileNotFoundError as exc:
+        raise TrainingError(f"{path}: training config not found") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise TrainingError(f"{path}: not valid TOML: {exc}") from exc
+    return resolve_config(user, overrides, str(path)), text
+
+
+def split_indices(n: int, seed: int, val_fraction: float, test_fraction: float
+                  ) -> dict[str, np.ndarray]:
+    """Random train/val/test row indices (sorted) of an n-row grid, from ``seed``."""
+    n_val, n_test = int(round(n * val_fraction)), int(round(n * test_fraction))
+    if n - n_val - n_test < 1 or n_val < 1:
+        raise TrainingError(f"grid of {n} rows is too small for val/test fractions "
+                            f"{val_fraction}/{test_fraction}")
+    perm = np.random.default_rng([seed, 20240601]).permutation(n)
+    return {"val": np.sort(perm[:n_val]), "test": np.sort(perm[n_val:n_val + n_test]),
+            "train": np.sort(perm[n_val + n_test:])}
+
+
+# ------------------------------------------------------------------------------ noise
+class TrainingNoise:
+    """The training noise path: noiseless coefficients -> features of a noisy observation.
+
+    ``observe_at`` (fixed G and transits) is what the noise-parity test compares with a
+    simulated observation; ``observe`` draws G ~ U(g_min, g_max) and integer transits
+    ~ U{transits_min..transits_max} per row first. All random numbers are stateless.
+    """
+
+    def __init__(self, featuriser, noise_model, noise_cfg: dict):
+        import tensorflow as tf
+        from cvae_pms.xp.noise import model_error_correlation_cholesky
+        self.tf = tf
+        self.feat = featuriser
+        self.model = noise_model
+        self.cfg = dict(noise_cfg)
+        self.me_chol_t = tf.constant(model_error_correlation_cholesky(noise_model).T, tf.float32)
+        self.me_frac = float(noise_model.model_error_fraction)
+
+    def observe_at(self, bp0, rp0, g0, g, n_transits, seed, standardise: bool = True,
+                   copies: int = 1):
+        """Features (n k, 686) and log10 norm (n k,) of noisy observations at magnitude ``g``.
+
+        ``bp0, rp0`` (n, 55) noiseless coefficients of magnitude ``g0`` (n,); ``g`` and
+        ``n_transits`` (n,); ``seed`` a stateless seed (2,). With ``copies = k`` every row gets
+        k independent noise draws at the same G and transits (rows repeated as
+        ``tf.repeat(..., k, axis=0)``): the covariance, its Cholesky factor and the propagated
+        flux variance, ~90 % of the cost, are computed once per row.
+        """
+        tf = self.tf
+        from cvae_pms.xp.noise import tf_coefficient_covariance
+        s = tf.pow(10.0, -0.4 * (tf.cast(g, tf.float32) - tf.cast(g0, tf.float32)))[:, None]
+        bp, rp = tf.cast(bp0, tf.float32) * s, tf.cast(rp0, tf.float32) * s
+        seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 3)
+        bp_cov, rp_cov = tf_coefficient_covariance(bp, rp, n_transits, self.model)
+        obs = []
+        for k, (c, cov) in enumerate(((bp, bp_cov), (rp, rp_cov))):
+            chol = tf.linalg.cholesky(cov)                               # float64, L L^T = Cov
+            z = tf.random.stateless_normal(tf.concat([tf.shape(c)[:1], [copies, 55]], 0),
+                                           seed=seeds[k], dtype=tf.float64)
+            noise = tf.einsum("nij,nkj->nki", chol, z)                     # (n, copies, 55)
+            obs.append(tf.reshape(tf.cast(c, tf.float64)[:, None] + noise, [-1, 55]))
+        flux, unit = self.feat.scaled_flux(obs[0], obs[1])
+        z = tf.random.stateless_normal(tf.shape(flux), seed=seeds[2]) @ self.me_chol_t
+        flux = flux + self.me_frac * tf.abs(flux) * z
+        # propagated variance once per row, in the per-source units of each noisy copy
+        var_rows = self.feat.flux_variance(bp, rp, bp_cov, rp_cov)           # (n, 343)
+        s_rows = tf.abs(bp[:, 0]) + tf.abs(rp[:, 0]) + 1e-30
+        b0 = tf.cast(obs[0][:, 0], tf.float32)
+        r0 = tf.cast(obs[1][:, 0], tf.float32)
+        s_obs = tf.abs(b0) + tf.abs(r0) + 1e-30
+        ratio = tf.square(tf.repeat(s_rows, copies, axis=0) / s_obs)[:, None]
+        var = tf.repeat(var_rows, copies, axis=0) * ratio + self.feat.model_error_variance(flux)
+        return self.feat.from_flux(flux, var, unit, standardise)
+
+    def observe(self, bp0, rp0, g0, seed, standardise: bool = True, copies: int = 1):
+        """:meth:`observe_at` with G and transits drawn per row."""
+        tf = self.tf
+        c = self.cfg
+        seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 3)
+        n = tf.shape(bp0)[:1]
+        g = tf.random.stateless_uniform(n, seeds[0], c["g_min"], c["g_max"])
+        nt = tf.floor(tf.random.stateless_uniform(n, seeds[1], float(c["transits_min"]),
+                                                  float(c["transits_max"]) + 1.0))
+        return self.observe_at(bp0, rp0, g0, g, nt, seeds[2], standardise, copies)
+
+
+# ------------------------------------------------------------------------------ data
+@dataclass
+class GridRows:
+    """Noiseless training rows: coefficients (n, 55) float32, G mag (n,), unit params (n, 7)."""
+
+    bp: np.ndarray
+    rp: np.ndarray
+    g: np.ndarray
+    x: np.ndarray
+
+    def take(self, idx: np.ndarray) -> "GridRows":
+        return GridRows(self.bp[idx], self.rp[idx], self.g[idx], self.x[idx])
+
+    def __len__(self) -> int:
+        return len(self.g)
+
+
+def read_grid_rows(grid) -> GridRows:
+    """All rows of an open grid as :class:`GridRows` (G from :func:`cvae_pms.xp.photometry.g_mag`)."""
+    from cvae_pms.model.cvae import unit_targets
+    from cvae_pms.xp.photometry import g_mag
+    bp, rp = grid.coefficients()
+    g = np.asarray(g_mag(bp, rp), dtype=np.float64)
+    bad = np.flatnonzero(~np.isfinite(g))
+    if bad.size:
+        raise TrainingError(f"{grid.path}: G magnitude not finite for {bad.size} rows "
+                            f"(first rows {bad[:5].tolist()}): zero or negative flux?")
+    return GridRows(bp.astype(np.float32), rp.astype(np.float32), g.astype(np.float32),
+                    unit_targets(grid.params))
+
+
+# ------------------------------------------------------------------------------ outputs
+def write_history(path: Path, rows: list[dict]) -> None:
+    """History CSV with :data:`HISTORY_COLUMNS` (atomic)."""
+    import io
+    from cvae_pms.model.rundir import atomic_write_text
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=HISTORY_COLUMNS)
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: r[k] for k in HISTORY_COLUMNS})
+    atomic_write_text(path, buf.getvalue())
+
+
+def read_history(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return [{k: (int(v) if k == "epoch" else float(v)) for k, v in r.items()}
+                for r in csv.DictReader(f)]
+
+
+def plot_history(path: Path, rows: list[dict], annealing: dict) -> None:
+    """Loss figure: H, KL, L (train) and val_H vs epoch, annealing window shaded."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from cvae_pms.model.rundir import atomic_write_bytes
+    ep = [r["epoch"] for r in rows]
+    with matplotlib.rc_context({"text.usetex": False}):
+        png = _draw_history(plt, ep, rows, annealing)
+    atomic_write_bytes(path, png)
+
+
+def _draw_history(plt, ep: list[int], rows: list[dict], annealing: dict) -> bytes:
+    import io
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key, style in (("H", "-"), ("KL", "-"), ("L", "-"), ("val_H", "--")):
+        ax.plot(ep, [r[key] for r in rows], style, label=key)
+    ax.axvspan(annealing["start"], annealing["end"], color="0.9", label="KL annealing")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss [nats per spectrum]")
+    ax.set_yscale("symlog", linthresh=1.0)
+    ax.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+# ------------------------------------------------------------------------------ loop
+@dataclass
+class TrainResult:
+    """What :func:`train` did."""
+
+    run_dir: Path
+    epochs_run: int
+    stop_reason: str
+    history: list[dict] = field(default_factory=list)
+    samples_per_s: float = 0.0
+    wall_s: float = 0.0
+    device: str = "CPU"
+
+
+def _tb_scalar(tag: str, value: float, step: int) -> None:
+    """Write a TensorBoard scalar with the core op (the tensorboard package is optional)."""
+    import tensorflow as tf
+    from tensorflow.core.framework import summary_pb2
+    meta = summary_pb2.SummaryMetadata()
+    meta.plugin_data.plugin_name = "scalars"
+    tf.summary.write(tag, tf.constant(float(value), tf.float32), step=step,
+                     metadata=meta.SerializeToString())
+
+
+def _lr_schedule(tcfg: dict, total_steps: int):
+    import keras
+    lr, final = tcfg["learning_rate"], tcfg["lr_final"]
+    kind = tcfg["lr_schedule"]
+    if kind == "constant":
+        return lr
+    if kind == "cosine":
+        return keras.optimizers.schedules.CosineDecay(lr, max(total_steps, 1), alpha=final / lr)
+    if kind == "exponential":
+        return keras.optimizers.schedules.ExponentialDecay(lr, max(total_steps, 1), final / lr)
+    raise TrainingError(f"training.lr_schedule must be constant, cosine or exponential, "
+                        f"got {kind!r}")
+
+
+def _check_resume_config(stored: dict, new: dict, run: Path) -> None:
+    a, b = _flatten(stored), _flatten(new)
+    diff = [k for k in b if k not in RESUMABLE_KEYS and a.get(k) != b[k]]
+    if diff:
+        raise TrainingError(f"{run}: --resume with a different config: "
+                            + ", ".join(f"{k} stored {a.get(k)!r} vs {b[k]!r}" for k in diff))
+
+
+def train(grid_path: str | Path, config: str | Path, out: str | Path, *, resume: bool = False,
+          overrides: tuple[str, ...] | list[str] = (), mixed_precision: bool = False,
+          noise_model=None, log: Callable[[str], None] = print) -> TrainResult:
+    """Train a CVAE on a grid file and write the model dir ``out`` (see :mod:`.model.rundir`).
+
+    Args:
+        grid_path: grid file (HDF5, :mod:`cvae_pms.grid.gridfile`).
+        config: TOML recipe path or name in ``training/`` (e.g. ``"cpu-quick"``).
+        out: model dir to create (or continue with ``resume``).
+        resume: continue from the last checkpoint in ``out``.
+        overrides: ``section.key=value`` strings applied on top of the recipe.
+        mixed_precision: float16 compute (GPUs), float32 heads and loss.
+        noise_model: :class:`cvae_pms.xp.noise.NoiseModel` (default: the shipped one).
+        log: where progress lines go.
+
+    Raises:
+        TrainingError: bad config/grid/out dir, or a non-finite loss (after a checkpoint).
+    """
+    import keras
+    import tensorflow as tf
+    from cvae_pms.features import FEATURE_VERSION, Featuriser, FeatureSpec
+    from cvae_pms.grid.gridfile import GridError, open_grid
+    from cvae_pms.model import rundir
+    from cvae_pms.model.cvae import Annealing, cvae_terms, training_loss
+    from cvae_pms.model.networks import NetworkConfig, build_networks
+    from cvae_pms.xp.noise import NoiseModel
+
+    t_start = time.time()
+    run = Path(out)
+    cfg, toml_text = load_config(config, overrides)
+    if resume:
+        if not (run / "config.json").is_file():
+            raise TrainingError(f"{run}: nothing to resume (no config.json); start without --resume")
+        stored = json.loads((run / "config.json").read_text())
+        _check_resume_config(stored, cfg, run)
+        stored_flat = _flatten(cfg)
+        for key in RESUMABLE_KEYS:
+            section, name = key.split(".")
+            stored[section][name] = stored_flat[key]
+        cfg = stored
+        toml_text = (run / "config.toml").read_text()
+    elif run.exists() and any(run.iterdir()):
+        raise TrainingError(f"{run}: output dir exists and is not empty; use --resume to "
+                            f"continue it or choose another --out")
+    tcfg, ncfg = cfg["training"], cfg["noise"]
+    seed = int(tcfg["seed"])
+    ann_cfg = dict(cfg["annealing"])
+    prior_warmup = bool(ann_cfg.pop("prior_warmup"))
+    try:
+        annealing = Annealing(**ann_cfg)
+    except (TypeError, ValueError) as exc:
+        raise TrainingError(f"annealing config: {exc}") from exc
+    if not (ncfg["g_min"] < ncfg["g_max"] and 1 <= ncfg["transits_min"] <= ncfg["transits_max"]):
+        raise TrainingError(f"noise config: need g_min < g_max and 1 <= transits_min <= "
+                            f"transits_max, got {ncfg}")
+
+    gpus = tf.config.list_physical_devices("GPU")
+    device = f"{len(gpus)} GPU(s)" if gpus else "CPU only (no GPU visible to TensorFlow)"
+    log(f"training on {device}")
+    strategy = tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
+    if mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+        log("mixed precision: float16 compute, float32 heads and loss")
+
+    try:
+        with open_grid(grid_path) as grid:
+            rows = read_grid_rows(grid)
+            grid_info = {"path": str(Path(grid_path).resolve()), "content_hash": grid.content_hash,
+                         "n": grid.n, "meta": grid.meta}
+    except GridError as exc:
+        raise TrainingError(str(exc)) from exc
+    if resume:
+        if json.loads((run / "grid.json").read_text())["content_hash"] != grid_info["content_hash"]:
+            raise TrainingError(f"{run}: --resume with another grid than {grid_info['path']} "
+                                f"(content hash differs)")
+        with np.load(run / "split.npz") as f:
+            split = {k: f[k] for k in f.files}
+    else:
+        split = split_indices(len(rows), seed, tcfg["val_fraction"], tcfg["test_fraction"])
+    train_rows = rows.take(split["train"])
+    val_rows = rows.take(split["val"][:tcfg["val_max_rows"]])
+    noise_model = noise_model or NoiseModel.default()
+    copies = int(tcfg["noise_copies"])
+    if copies < 1 or tcfg["batch_size"] % copies:
+        raise TrainingError(f"training.noise_copies = {copies} must be >= 1 and divide "
+                            f"training.batch_size = {tcfg['batch_size']}")
+    bs = int(tcfg["batch_size"]) // copies   # grid rows per step; each gets `copies` draws
+    if len(train_rows) < bs:
+        raise TrainingError(f"{grid_path}: {len(train_rows)} training rows < {bs} rows per "
+                            f"batch; use a smaller training.batch_size")
+    steps = tcfg["steps_per_epoch"] or len(train_rows) // bs
+    total_steps = steps * tcfg["epochs"]
+
+    # Feature map; the standardisation comes from noisy training draws (or the run dir).
+    keras.utils.set_random_seed(seed)
+    if resume:
+        spec = FeatureSpec.load(run)
+        feat = Featuriser(spec)
+    else:
+        spec = FeatureSpec(model_error_frac=np.full(343, noise_model.model_error_fraction))
+        feat = Featuriser(spec)
+    noise = TrainingNoise(feat, noise_model, ncfg)
+    if not resume:
+        k = min(len(train_rows), tcfg["standardisation_rows"])
+        raw = []
+        for i in range(0, k, 1024):
+            sl = slice(i, min(i + 1024, k))
+            y, _ = noise.observe(train_rows.bp[sl], train_rows.rp[sl], train_rows.g[sl],
+                                 tf.constant([seed, 2**31 - 2 - i], tf.int64), standardise=False)
+            raw.append(y.numpy())
+        raw = np.concatenate(raw)
+        if not np.isfinite(raw).all():
+            raise TrainingError(f"{grid_path}: non-finite features from training rows "
+                                f"(bad coefficients?)")
+        feat.set_standardisation(raw.mean(0), raw.std(0))
+    val_y = np.concatenate([
+        noise.observe(val_rows.bp[i:i + 1024], val_rows.rp[i:i + 1024], val_rows.g[i:i + 1024],
+                      tf.constant([seed, 2**31 - 3 - i], tf.int64))[0].numpy()
+        for i in range(0, len(val_rows), 1024)])
+
+    with strategy.scope():
+        net_cfg = NetworkConfig.from_dict({**cfg["model"], "y_dim": spec.y_dim,
+                                           "x_dim": P.N_PARAMS})
+        net = build_networks(net_cfg, seed=seed)
+        opt = keras.optimizers.Adam(_lr_schedule(tcfg, total_steps),
+                                    global_clipnorm=tcfg["global_clipnorm"])
+        if mixed_precision:
+            opt = keras.optimizers.LossScaleOptimizer(opt)
+        opt.build(net.trainable_variables)
+        beta = tf.Variable(0.0, trainable=False, dtype=tf.float32, name="beta")
+        t_low = tf.Variable(0.0, trainable=False, dtype=tf.float32, name="trunc_low")
+        t_high = tf.Variable(1.0, trainable=False, dtype=tf.float32, name="trunc_high")
+    epoch_var = tf.Variable(0, dtype=tf.int64, name="epoch")
+    best_val = tf.Variable(np.inf, dtype=tf.float64, name="best_val_H")
+    bad_epochs = tf.Variable(0, dtype=tf.int64, name="bad_epochs")
+    ckpt = tf.train.Checkpoint(net=net, optimizer=opt, epoch=epoch_var, best_val=best_val,
+                               bad_epochs=bad_epochs)
+    manager = tf.train.CheckpointManager(ckpt, str(run / "checkpoints"),
+                                         max_to_keep=tcfg["checkpoints_kept"])
+    history: list[dict] = []
+    if resume:
+        if manager.latest_checkpoint is None:
+            raise TrainingError(f"{run}: no checkpoint to resume from in {run / 'checkpoints'}")
+        ckpt.read(manager.latest_checkpoint).expect_partial()
+        history = [r for r in read_history(run / "history.csv")
+                   if r["epoch"] < int(epoch_var.numpy())]
+        log(f"resuming {run} at epoch {int(epoch_var.numpy())}")
+    else:
+        run.mkdir(parents=True, exist_ok=True)
+        rundir.save_static(run, network=net_cfg.to_dict(), config=cfg, config_toml=toml_text,
+                           spec=spec, grid_info=grid_info,
+                           noise={**noise_model.to_dict(), "training": ncfg,
+                                  "feature_version": FEATURE_VERSION},
+                           split=split)
+
+    n_rep = strategy.num_replicas_in_sync
+
+    def replica_step(bp0, rp0, g0, x, seed_t):
+        rid = tf.distribute.get_replica_context().replica_id_in_sync_group
+        s = tf.random.experimental.stateless_fold_in(seed_t, tf.cast(rid, tf.int64))
+        s_noise, s_z = tf.unstack(tf.random.experimental.stateless_split(s, 2))
+        y, _ = noise.observe(bp0, rp0, g0, s_noise, copies=copies)
+        x = tf.repeat(x, copies, axis=0)
+        with tf.GradientTape() as tape:
+            h_loss, kl, prior_fit = cvae_terms(net, y, x, s_z, t_low, t_high,
+                                               with_prior_fit=True)
+            loss = h_loss + beta * kl
+            objective = training_loss(h_loss, kl, prior_fit, beta, prior_warmup)
+            scaled = objective / n_rep
+            if mixed_precision:
+                scaled = opt.scale_loss(scaled)
+        grads = tape.gradient(scaled, net.trainable_variables)
+        opt.apply_gradients(zip(grads, net.trainable_variables))
+        return tf.stack([h_loss, kl, loss]) / n_rep
+
+    @tf.function(jit_compile=bool(tcfg["jit_compile"]))
+    def train_step(bp0, rp0, g0, x, seed_t):
+        per = strategy.run(replica_step, args=(bp0, rp0, g0, x, seed_t))
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, per, axis=None)
+
+    @tf.function
+    def val_step(y, x, seed_t):
+        return tf.stack(cvae_terms(net, y, x, seed_t, t_low, t_high))
+
+    writer = tf.summary.create_file_writer(str(run / "tensorboard"))
+    start_epoch = int(epoch_var.numpy())
+    stop_reason = "finished"
+    t_train = 0.0
+    n_trained = 0
+    for epoch in range(start_epoch, tcfg["epochs"]):
+        t0 = time.time()
+        beta.assign(annealing.beta(epoch))
+        lo, hi = annealing.truncation_bounds(epoch)
+        t_low.assign(lo)
+        t_high.assign(hi)
+        perm = np.random.default_rng([seed, epoch]).permutation(len(train_rows))
+        perm = np.resize(perm, steps * bs)  # wraps around when steps_per_epoch > one pass
+        ds = tf.data.Dataset.from_tensor_slices((train_rows.bp[perm], train_rows.rp[perm],
+                                                 train_rows.g[perm], train_rows.x[perm]))
+        ds = strategy.experimental_distribute_dataset(
+            ds.batch(bs, drop_remainder=True).prefetch(2))
+        sums = np.zeros(3)
+        for step, (bp0, rp0, g0, x) in enumerate(ds):
+            seed_t = tf.constant([seed, epoch * 1_000_000 + step], tf.int64)
+            vals = train_step(bp0, rp0, g0, x, seed_t).numpy()
+            if not np.isfinite(vals).all():
+                bad_dir = run / "checkpoints" / "nonfinite"
+                path = ckpt.write(str(bad_dir / "ckpt"))
+                last = manager.latest_checkpoint or "none (failed in the first epoch)"
+                raise TrainingError(
+                    f"{run}: non-finite loss at epoch {epoch} step {step} (H={vals[0]:.4g}, "
+                    f"KL={vals[1]:.4g}, beta={float(beta.numpy()):.3g}); state saved to {path}; "
+                    f"last good checkpoint: {last}. Lower training.learning_rate or "
+                    f"training.global_clipnorm and restart, or --resume from the last good one.")
+            sums += vals
+        dt = time.time() - t0
+        t_train += dt
+        n_trained += steps * bs * copies
+        tr = sums / steps
+        vs = np.zeros(2)
+        nb = 0
+        for i in range(0, len(val_y), bs):
+            w = len(val_y[i:i + bs])
+            vs += w * val_step(tf.constant(val_y[i:i + bs]), tf.constant(val_rows.x[i:i + bs]),
+                               tf.constant([seed, 2**31 - 5 - i], tf.int64)).numpy()
+            nb += w
+        vs /= nb
+        lr = opt.learning_rate
+        lr = float(lr(opt.iterations) if callable(lr) else np.asarray(lr))
+        row = {"epoch": epoch, "beta": float(beta.numpy()), "H": tr[0], "KL": tr[1], "L": tr[2],
+               "val_H": vs[0], "val_KL": vs[1], "lr": lr,
+               "time_s": (history[-1]["time_s"] if history else 0.0) + time.time() - t0,
+               "samples_per_s": steps * bs * copies / dt}
+        history.append(row)
+        with writer.as_default(step=epoch):
+            for k in HISTORY_COLUMNS[1:]:
+                _tb_scalar(k, row[k], epoch)
+        log(f"epoch {epoch:4d} beta {row['beta']:.3f} H {tr[0]:9.3f} KL {tr[1]:8.3f} "
+            f"L {tr[2]:9.3f} val_H {vs[0]:9.3f} lr {lr:.2e} {row['samples_per_s']:.0f} samples/s")
+        # Model weights: every epoch until annealing ends, then the best val_H only.
+        stop = False
+        if epoch >= annealing.end:
+            if vs[0] < best_val.numpy():
+                best_val.assign(vs[0])
+                bad_epochs.assign(0)
+                rundir.save_weights(net, run)
+            else:
+                bad_epochs.assign_add(1)
+                stop = int(bad_epochs.numpy()) >= tcfg["early_stopping_patience"]
+        else:
+            rundir.save_weights(net, run)
+        epoch_var.assign(epoch + 1)
+        manager.save(checkpoint_number=epoch + 1)
+        write_history(run / "history.csv", history)
+        if stop:
+            stop_reason = (f"early stopping: val_H did not improve for "
+                           f"{tcfg['early_stopping_patience']} epochs")
+            log(stop_reason)
+            break
+    writer.flush()
+    if history:
+        plot_history(run / "loss.png", history, cfg["annealing"])
+    if mixed_precision:
+        keras.mixed_precision.set_global_policy("float32")
+    rate = n_trained / t_train if t_train else 0.0
+    return TrainResult(run_dir=run, epochs_run=len(history) - (start_epoch if resume else 0),
+                       stop_reason=stop_reason, history=history, samples_per_s=rate,
+                       wall_s=time.time() - t_start, device=device)

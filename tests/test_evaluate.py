@@ -1,0 +1,132 @@
+"""``cvae-pms evaluate`` end to end on a tiny run trained on a tiny built-in-physics grid."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from astropy.table import Table
+from click.testing import CliRunner
+
+from cvae_pms import params
+from cvae_pms.cli import main
+from cvae_pms.evaluate import EvaluationError, GSetting, parse_g_mags, parse_range
+
+from helpers_infer import TINY_OVERRIDES, noise_model
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A 900-row grid from the built-in forward model and a CVAE trained on it for 2 epochs."""
+    from cvae_pms.grid.gridfile import write_grid
+    from cvae_pms.physics.photosphere import table_wavelength_nm
+    from cvae_pms.physics.sed import forward_model_meta, sed_flux
+    from cvae_pms.train import train
+    from cvae_pms.xp.instrument import sed_to_coefficients
+
+    tmp = tmp_path_factory.mktemp("evaluate")
+    rng = np.random.default_rng(0)
+    u = rng.uniform(size=(900, params.N_PARAMS))
+    u[:, 6] *= 0.3
+    theta = params.from_unit(u)
+    bp, rp = sed_to_coefficients(sed_flux(theta), table_wavelength_nm())
+    grid = tmp / "grid.h5"
+    write_grid(grid, theta, bp, rp, meta={"forward_model": forward_model_meta(),
+                                          "reference_distance_pc": 10.0, "random_seed": 0})
+    cfg = tmp / "tiny.toml"
+    cfg.write_text("# tiny test recipe\n")
+    run = tmp / "run"
+    train(grid, cfg, run, overrides=TINY_OVERRIDES + ("training.epochs=2",),
+          noise_model=noise_model(), log=lambda s: None)
+    return tmp, grid, run
+
+
+def test_parse_options():
+    assert parse_g_mags(["12,15", "13:17", "15"]) == [GSetting(12, 12), GSetting(15, 15),
+                                                      GSetting(13, 17)]
+    assert GSetting(13, 17).label == "13-17" and GSetting(15, 15).label == "15"
+    assert parse_range("15:80", "--transits", integer=True) == (15, 80)
+    for bad in (["abc"], ["17:12"], ["40"], [""]):
+        with pytest.raises(EvaluationError):
+            parse_g_mags(bad)
+    with pytest.raises(EvaluationError):
+        parse_range("0:5", "--transits", integer=True)
+
+
+def test_evaluate_cli_writes_consistent_numbers_and_figures(tiny_run):
+    tmp, grid, run = tiny_run
+    out = tmp / "eval"
+    r = CliRunner().invoke(main, [
+        "evaluate", str(run), "--grid", str(grid), "--n", "40", "--g-mag", "15",
+        "--g-mag", "13:17", "--samples", "150", "--seed", "3", "--emcee", "1",
+        "--emcee-max-steps", "1000", "--baseline-rows", "300", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "TARP max deviation" in r.output
+    for lab in ("15", "13-17"):
+        for fig in ("accuracy", "residuals", "pp", "sbc", "tarp"):
+            assert (out / f"{fig}_{lab}.png").stat().st_size > 5000
+    assert (out / "js_15.png").is_file()
+    pred = Table.read(out / "predictions_15.csv")
+    assert len(pred) == 40
+    assert np.all(pred["teff_p16"] <= pred["teff_median"])
+    assert np.all((pred["a0_truth_quantile"] >= 0) & (pred["a0_truth_quantile"] <= 1))
+    m = json.loads((out / "metrics.json").read_text())
+    from cvae_pms.grid.gridfile import open_grid
+    with open_grid(grid) as g:
+        assert m["grid_hash"] == g.content_hash
+    assert m["seed"] == 3 and m["primary_g"] == "15" and m["n_sources"] == 40
+    required = ("bias", "scatter", "rms", "outlier_fraction", "coverage68", "coverage95",
+                "pp_pvalue")
+    for name in params.NAMES:
+        for key in required:
+            v = m["per_parameter"][name][key]
+            assert v is not None and np.isfinite(v)
+        assert 0 <= m["per_parameter"][name]["coverage68"] <= m["per_parameter"][name][
+            "coverage95"] <= 1
+    assert 0 <= m["tarp"]["max_deviation"] <= 1
+    assert set(m["by_g_mag"]) == {"15", "13-17"}
+    bins = m["by_g_mag"]["13-17"]["magnitude_bins"]
+    assert [b["g_low"] for b in bins] == [13, 14, 15, 16]
+    assert sum(b["n_sources"] for b in bins) == 40
+    # metrics.csv holds the same numbers as metrics.json.
+    t = Table.read(out / "metrics.csv")
+    row = t[(t["g"].astype(str) == "15") & (t["g_bin"] == "all") & (t["parameter"] == "teff")]
+    assert row["scatter"][0] == pytest.approx(m["per_parameter"]["teff"]["scatter"])
+    assert row["pp_pvalue"][0] == pytest.approx(m["per_parameter"]["teff"]["pp_pvalue"])
+    # Baseline side by side with the CVAE.
+    assert m["baseline"]["n_train"] == 300
+    bvc = Table.read(out / "baseline_vs_cvae.csv")
+    assert len(bvc) == 2 * params.N_PARAMS
+    assert set(m["baseline"]["per_parameter"]) == set(params.NAMES)
+    # emcee reference on the exact likelihood for one source, with its floor.
+    e = m["emcee"]
+    assert e["n_sources"] == 1 and len(e["per_source"][0]["chains"]) == 2
+    for name in params.NAMES:
+        for key in ("js_cvae_bits", "js_floor_bits"):
+            assert 0 <= e["per_source"][0][key][name] <= 1
+    assert e["speed_ratio_emcee_over_cvae"] > 1
+
+
+def test_evaluate_is_seeded_and_refuses_another_grid(tiny_run, tmp_path):
+    from cvae_pms.evaluate import EvaluateConfig, evaluate
+    from cvae_pms.grid.gridfile import write_grid
+
+    _, grid, run = tiny_run
+
+    def once(out, seed):
+        cfg = EvaluateConfig(run_dir=run, grid=grid, out=out, g_settings=[GSetting(16, 16)],
+                             n=12, samples=60, seed=seed, baseline=False)
+        return evaluate(cfg, log=lambda s: None)
+
+    a, b, c = once(tmp_path / "a", 1), once(tmp_path / "b", 1), once(tmp_path / "c", 2)
+    assert a["per_parameter"] == b["per_parameter"]
+    assert a["per_parameter"] != c["per_parameter"]
+    other = tmp_path / "other.h5"
+    theta = params.from_unit(np.full((3, 7), 0.5))
+    write_grid(other, theta, np.ones((3, 55)), np.ones((3, 55)), meta={})
+    r = CliRunner().invoke(main, ["evaluate", str(run), "--grid", str(other), "--g-mag", "15",
+                                  "--out", str(tmp_path / "x")])
+    assert r.exit_code == 1 and "other.h5" in r.output and "content hash" in r.output
+    r = CliRunner().invoke(main, ["evaluate", str(run), "--grid", str(grid), "--g-mag", "x",
+                                  "--out", str(tmp_path / "x")])
+    assert r.exit_code == 1 and "--g-mag" in r.output

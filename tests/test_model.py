@@ -1,0 +1,145 @@
+"""Networks, loss, annealing, fast sampler and metrics (unit tests, no training)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+from cvae_pms.diagnostics import metrics
+from cvae_pms.model.cvae import (DECODER_LOGVAR, LATENT_LOGVAR, Annealing, bounded, cvae_terms,
+                                 prior_distribution)
+from cvae_pms.model.networks import NetworkConfig, build_networks
+from cvae_pms.model.sampler import PosteriorSampler, truncated_normal_icdf
+
+SMALL = dict(y_dim=20, trunk=(32, 32), latent=3, components=4, r1_hidden=(16,),
+             q_hidden=(16,), r2_hidden=(16, 16))
+
+
+def test_annealing_schedule_published_values():
+    a = Annealing(start=50, end=150, shape="log")
+    assert [a.beta(e) for e in (0, 49, 50)] == [0.0, 0.0, 0.0]
+    expected = (math.log(101) - math.log(51)) / (math.log(151) - math.log(51))
+    assert a.beta(100) == pytest.approx(expected)
+    assert 0.55 < a.beta(100) < 0.7          # log ramp: past half-way at the midpoint
+    assert a.beta(150) == 1.0 and a.beta(200) == 1.0
+    betas = [a.beta(e) for e in range(0, 201)]
+    assert all(b2 >= b1 for b1, b2 in zip(betas, betas[1:]))
+    assert a.truncation_bounds(0) == (-10.0, 11.0)
+    assert a.truncation_bounds(150) == (0.0, 1.0)
+    assert Annealing(start=50, end=150, shape="linear").beta(100) == pytest.approx(0.5)
+    assert Annealing(truncation_ramp=False).truncation_bounds(0) == (0.0, 1.0)
+    with pytest.raises(ValueError):
+        Annealing(start=10, end=10)
+
+
+def test_bounded_log_variances_stay_in_range():
+    raw = tf.constant([-1e4, -3.0, 0.0, 3.0, 1e4])
+    for lo, hi in (DECODER_LOGVAR, LATENT_LOGVAR):
+        v = bounded(raw, lo, hi).numpy()
+        assert np.all(v >= lo) and np.all(v <= hi)
+        assert np.all(np.diff(v) >= 0)
+
+
+def test_network_shapes_and_split_first_decoder_layer():
+    cfg = NetworkConfig(**SMALL)
+    net = build_networks(cfg, seed=3)
+    y = tf.random.normal((5, 20), seed=1)
+    h = net.encode(y)
+    logits, loc, logvar = net.prior_params(h)
+    assert logits.shape == (5, 4) and loc.shape == (5, 4, 3) and logvar.shape == (5, 4, 3)
+    # prior component means start spread out (random-normal bias), not all at zero
+    assert float(tf.math.reduce_std(loc[0])) > 0.3
+    z = tf.random.normal((5, 7, 3), seed=2)
+    mean, lv = net.decode_from_y_part(net.decoder_y_part(h)[:, None, :], z)
+    assert mean.shape == (5, 7, 7)
+    # the broadcast y-part equals decoding each (y, z) pair separately
+    m2, _ = net.decode_from_y_part(net.decoder_y_part(h), z[:, 2, :])
+    np.testing.assert_allclose(mean[:, 2, :].numpy(), m2.numpy(), rtol=1e-5, atol=1e-6)
+    same = build_networks(cfg, seed=3)
+    for a, b in zip(net.weights, same.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_conv_trunk_option_builds():
+    cfg = NetworkConfig(**{**SMALL, "y_dim": 40, "conv_filters": (4, 4), "conv_kernel": 3})
+    net = build_networks(cfg)
+    assert net.encode(tf.zeros((2, 40))).shape == (2, 32)
+
+
+def test_monte_carlo_kl_matches_closed_form_for_one_component():
+    """With one mixture component, -H(q) - log r1(z_q) averages to the Gaussian KL."""
+    cfg = NetworkConfig(**{**SMALL, "components": 1})
+    net = build_networks(cfg, seed=0)
+    y = tf.random.normal((64, 20), seed=4)
+    x = tf.random.uniform((64, 7), seed=5)
+    kls = [float(cvae_terms(net, y, x, tf.constant([7, i]))[1]) for i in range(200)]
+    h = net.encode(y)
+    logits, loc, logvar = net.prior_params(h)
+    q_loc, q_lv = net.posterior_params(h, x)
+    q = tfp.distributions.MultivariateNormalDiag(q_loc, tf.exp(0.5 * bounded(q_lv, *LATENT_LOGVAR)))
+    p = tfp.distributions.MultivariateNormalDiag(
+        loc[:, 0], tf.exp(0.5 * bounded(logvar, *LATENT_LOGVAR))[:, 0])
+    exact = float(tf.reduce_mean(tfp.distributions.kl_divergence(q, p)))
+    assert np.mean(kls) == pytest.approx(exact, rel=0.05)
+    assert exact > 0
+
+
+def test_loss_terms_finite_with_targets_on_the_bounds():
+    net = build_networks(NetworkConfig(**SMALL), seed=1)
+    x = tf.constant(np.r_[np.zeros((1, 7)), np.ones((1, 7)), 1.0 + 1e-7 * np.ones((1, 7))],
+                    tf.float32)
+    h_loss, kl = cvae_terms(net, tf.random.normal((3, 20)), x, tf.constant([1, 1]))
+    assert np.isfinite(h_loss.numpy()) and np.isfinite(kl.numpy())
+
+
+def test_inverse_cdf_truncated_normal_matches_tfp():
+    loc = tf.constant([0.05, 0.5, 0.97])
+    scale = tf.constant([0.2, 0.1, 0.5])
+    u = tf.random.stateless_uniform((200_000, 3), seed=[1, 2])
+    x = truncated_normal_icdf(loc, scale, u).numpy()
+    assert x.min() >= 0.0 and x.max() <= 1.0
+    ref = tfp.distributions.TruncatedNormal(loc, scale, 0.0, 1.0)
+    np.testing.assert_allclose(x.mean(0), ref.mean().numpy(), atol=3e-3)
+    np.testing.assert_allclose(x.std(0), ref.stddev().numpy(), atol=3e-3)
+
+
+def test_sampler_component_first_matches_the_mixture_and_is_deterministic():
+    net = build_networks(NetworkConfig(**SMALL), seed=2)
+    y = np.random.default_rng(0).normal(size=(3, 20)).astype(np.float32)
+    s = PosteriorSampler(net, n_samples=4000, batch=2)
+    a = s.sample_unit(y, seed=5)
+    assert a.shape == (3, 4000, 7) and a.dtype == np.float32
+    np.testing.assert_array_equal(a, s.sample_unit(y, seed=5))
+    assert not np.array_equal(a, s.sample_unit(y, seed=6))
+    # reference: TFP's mixture sampler + TFP truncated normal, same networks
+    h = net.encode(tf.constant(y))
+    logits, loc, logvar = net.prior_params(h)
+    z = prior_distribution(logits, loc, logvar).sample(4000, seed=3)       # (S, n, L)
+    z = tf.transpose(z, (1, 0, 2))
+    mean, lv = net.decode_from_y_part(net.decoder_y_part(h)[:, None, :], z)
+    from cvae_pms.model.cvae import decoder_distribution
+    ref = decoder_distribution(mean, lv).sample(seed=4).numpy()
+    np.testing.assert_allclose(a.mean(1), ref.mean(1), atol=0.02)
+    np.testing.assert_allclose(a.std(1), ref.std(1), atol=0.02)
+
+
+def test_metrics_on_known_distributions():
+    rng = np.random.default_rng(1)
+    truth = rng.uniform(size=(4000, 2))
+    est = truth + np.array([0.1, -0.2]) + rng.normal(0, [0.05, 0.3], size=(4000, 2))
+    np.testing.assert_allclose(metrics.bias(est, truth), [0.1, -0.2], atol=0.02)
+    np.testing.assert_allclose(metrics.robust_scatter(est, truth), [0.05, 0.3], rtol=0.06)
+    np.testing.assert_allclose(metrics.rms(est, truth), np.sqrt([0.1**2 + 0.05**2, 0.2**2 + 0.09]),
+                               rtol=0.05)
+    assert metrics.outlier_fraction(est, truth, 10.0).tolist() == [0.0, 0.0]
+    centre = truth + rng.normal(0, 0.1, size=truth.shape)
+    good = centre[:, None, :] + rng.normal(0, 0.1, size=(4000, 400, 2))
+    narrow = centre[:, None, :] + rng.normal(0, 0.03, size=(4000, 400, 2))
+    np.testing.assert_allclose(metrics.interval_coverage(good, truth, 0.68), 0.68, atol=0.03)
+    np.testing.assert_allclose(metrics.interval_coverage(good, truth, 0.95), 0.95, atol=0.02)
+    assert np.all(metrics.interval_coverage(narrow, truth, 0.68) < 0.35)
+    with pytest.raises(ValueError):
+        metrics.central_interval(good, 1.5)
