@@ -4,10 +4,16 @@ Sources come from grid rows (a seeded random subset, or the training test split)
 forward model run on a table of parameter vectors. Each source gets a G magnitude drawn
 uniformly in a range and an integer transit count drawn uniformly in a range; its coefficients
 are scaled to that G (:func:`cvae_pms.xp.photometry.scale_to_g`) and observed with the XP noise
-model (:func:`cvae_pms.xp.noise.draw_observation`). The output is written in the Gaia archive
-layout by :func:`cvae_pms.xp.archive.write_xp_table` (readable by ``gaiaxpy.calibrate``), with
-``source_id`` = 1..n, ``phot_g_mean_mag`` and ``bp/rp_n_measurements`` (= transits), and a
-truth table ``<stem>_truth.csv`` beside it.
+model (:func:`cvae_pms.xp.noise.draw_observation`), then, by default, perturbed by the noise
+model's forward-model error exactly as training does (:func:`draw_model_error_coefficients`:
+a correlated flux-space draw of ``model_error_fraction x |flux|`` at the calibrated flux of the
+noisy observation, mapped to coefficients with the ridge map of :mod:`cvae_pms.xp.flux_fit`).
+The written covariances are the coefficient-noise covariances only (an archive would not know
+the model error); inference adds the model-error variance itself. The output is written in
+the Gaia archive layout by :func:`cvae_pms.xp.archive.write_xp_table` (readable by
+``gaiaxpy.calibrate``), with ``source_id`` = 1..n, ``phot_g_mean_mag`` and
+``bp/rp_n_measurements`` (= transits), a truth table ``<stem>_truth.csv`` and the settings
+(seed, ranges, model error on/off, noise model) in ``<stem>_simulate.json`` beside it.
 
 When the fluxes are absolute (a grid with a reference distance, or the forward model at 10 pc),
 scaling to G moves the star to ``distance_pc = d_ref / sqrt(factor)``; the output then has
@@ -16,6 +22,7 @@ parallax, seeded) and ``parallax_error`` columns. For normalised grids they are 
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 from dataclasses import dataclass
@@ -24,11 +31,18 @@ from pathlib import Path
 import numpy as np
 
 from cvae_pms import params as P
-from cvae_pms.xp.noise import NoiseModel, draw_observation
+from cvae_pms.xp.flux_fit import RIDGE_ALPHA
+from cvae_pms.xp.noise import NoiseModel, draw_model_error, draw_observation
 from cvae_pms.xp.photometry import scale_to_g
 
 ROW_CHOICES = ("test", "all")
 FORWARD_DISTANCE_PC = 10.0
+#: Ridge strength (x the largest singular value) of the flux -> coefficient map of the model
+#: error: 1e-3 keeps 94-100 % (median 99 %) of the flux-space variance at 400-1000 nm while
+#: keeping the perturbation out of the directions the calibration barely constrains (with the
+#: ingest ridge, 1e-4, its chi^2 in the archive-covariance metric of a G = 12 star was ~31,000;
+#: with 1e-3 ~1,000).
+MODEL_ERROR_RIDGE_ALPHA = 1e-3
 
 
 class SimulateError(ValueError):
@@ -48,10 +62,55 @@ class Observations:
     flux_factor: np.ndarray
 
 
+def draw_model_error_coefficients(bp: np.ndarray, rp: np.ndarray, rng: np.random.Generator,
+                                  noise_model: NoiseModel | None = None
+                                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Coefficient perturbations (dbp, drp), each (n, 55), of one forward-model-error draw.
+
+    The flux-space draw is the one training adds (:class:`cvae_pms.train.TrainingNoise`):
+    ``model_error_fraction x |flux| x z`` with ``z`` Gaussian-correlated over
+    ``model_error_corr_nm`` (:func:`cvae_pms.xp.noise.draw_model_error`), ``flux`` the
+    calibrated flux (W m^-2 nm^-1, 343 pixels) of the given coefficients. It is mapped to
+    coefficients with the ridge least-squares matrix of
+    :func:`cvae_pms.xp.flux_fit.ridge_projection` (linear, so exact for the 110-dim part of the
+    flux the coefficients can carry; it keeps 98-102 % of the per-pixel variance at 400-1000 nm).
+    """
+    from cvae_pms.xp.flux_fit import ridge_projection
+    from cvae_pms.xp.sampling import sampled_flux
+
+    flux = sampled_flux(bp, rp)
+    d = draw_model_error(flux, rng, noise_model) @ ridge_projection(MODEL_ERROR_RIDGE_ALPHA).T
+    return d[:, :55], d[:, 55:]
+
+
+def model_error_coefficient_covariance(bp: np.ndarray, rp: np.ndarray,
+                                       noise_model: NoiseModel | None = None) -> np.ndarray:
+    """Covariance (110, 110), BP then RP, of :func:`draw_model_error_coefficients`: ``P S P^T``.
+
+    ``S`` (343, 343) is :func:`cvae_pms.xp.noise.model_error_covariance` at the calibrated flux
+    of ``bp``/``rp`` (55,), ``P`` the same ridge map (110, 343).
+    """
+    from cvae_pms.xp.flux_fit import ridge_projection
+    from cvae_pms.xp.noise import model_error_covariance
+    from cvae_pms.xp.sampling import sampled_flux
+
+    proj = ridge_projection(MODEL_ERROR_RIDGE_ALPHA)
+    flux = sampled_flux(np.asarray(bp, np.float64).reshape(1, 55),
+                        np.asarray(rp, np.float64).reshape(1, 55))
+    cov = proj @ model_error_covariance(flux, noise_model)[0] @ proj.T
+    return 0.5 * (cov + cov.T)
+
+
 def simulate_observations(bp: np.ndarray, rp: np.ndarray, g_mag: np.ndarray | float,
                           n_transits: np.ndarray | float, rng: np.random.Generator,
-                          noise_model: NoiseModel | None = None) -> Observations:
+                          noise_model: NoiseModel | None = None,
+                          model_error: bool = True) -> Observations:
     """Scale noise-free coefficients to ``g_mag`` and draw one noisy observation per row.
+
+    As in training: coefficient noise ``N(c, Cov(c))`` first, then (``model_error``) a
+    forward-model-error draw at the calibrated flux of that noisy observation, added in
+    coefficient space (:func:`draw_model_error_coefficients`). The returned covariances are the
+    coefficient-noise covariances only, as an archive would have them.
 
     Args:
         bp, rp: (n, 55) noise-free coefficients (any flux scale).
@@ -59,6 +118,7 @@ def simulate_observations(bp: np.ndarray, rp: np.ndarray, g_mag: np.ndarray | fl
         n_transits: (n,) or scalar transit counts.
         rng: numpy Generator for the noise.
         noise_model: XP noise constants (default :meth:`NoiseModel.default`).
+        model_error: add the model-error perturbation (default True).
 
     Returns:
         :class:`Observations` with the noisy coefficients, their covariances, G, transits and the
@@ -75,6 +135,9 @@ def simulate_observations(bp: np.ndarray, rp: np.ndarray, g_mag: np.ndarray | fl
         raise SimulateError(f"row {int(np.argmax(bad))}: G magnitude of the input coefficients is "
                             "undefined (non-positive flux); cannot scale it")
     obs_bp, obs_rp, cov_bp, cov_rp = draw_observation(bp_s, rp_s, nt, rng, noise_model)
+    if model_error:
+        d_bp, d_rp = draw_model_error_coefficients(obs_bp, obs_rp, rng, noise_model)
+        obs_bp, obs_rp = obs_bp + d_bp, obs_rp + d_rp
     return Observations(obs_bp, obs_rp, cov_bp, cov_rp, g, nt, np.asarray(factor, float))
 
 
@@ -161,21 +224,25 @@ class SimulateReport:
 
     observations: Path
     truth: Path
+    settings: Path
     n: int
     with_parallax: bool
+    model_error: bool = True
 
     def lines(self) -> list[str]:
         return [f"wrote {self.observations} ({self.n} sources"
-                f"{', with parallax' if self.with_parallax else ', no parallax (normalised fluxes)'})",
-                f"wrote {self.truth}"]
+                + (", with parallax" if self.with_parallax else ", no parallax (normalised fluxes)")
+                + (", with model error)" if self.model_error else ", no model error)"),
+                f"wrote {self.truth}", f"wrote {self.settings}"]
 
 
 def simulate(out: str | os.PathLike, g_range: tuple[float, float], transit_range: tuple[float, float],
              seed: int = 0, grid_path: str | os.PathLike | None = None, n: int | None = None,
              rows: str = "test", params_path: str | os.PathLike | None = None,
              parallax_error_frac: float = 0.05, split_seed: int = 1,
-             noise_model: NoiseModel | None = None) -> SimulateReport:
-    """Simulate observations and write ``out`` (.csv/.ecsv) and ``<stem>_truth.csv``.
+             noise_model: NoiseModel | None = None, model_error: bool = True) -> SimulateReport:
+    """Simulate observations: write ``out`` (.csv/.ecsv), ``<stem>_truth.csv`` and the settings
+    ``<stem>_simulate.json``.
 
     Args:
         out: observation file in the Gaia archive layout.
@@ -187,6 +254,7 @@ def simulate(out: str | os.PathLike, g_range: tuple[float, float], transit_range
         params_path: or a CSV/ECSV parameter table run through the forward model at 10 pc.
         parallax_error_frac: fractional parallax error.
         noise_model: XP noise constants (default the shipped fit).
+        model_error: add the forward-model-error perturbation as training does (default True).
     """
     from astropy.table import Table
 
@@ -225,7 +293,8 @@ def simulate(out: str | os.PathLike, g_range: tuple[float, float], transit_range
     m = theta.shape[0]
     g = rng.uniform(g_range[0], g_range[1], size=m) if g_range[1] > g_range[0] else np.full(m, g_range[0])
     nt = rng.integers(int(transit_range[0]), int(transit_range[1]) + 1, size=m).astype(float)
-    obs = simulate_observations(bp, rp, g, nt, rng, noise_model)
+    noise_model = noise_model or NoiseModel.default()
+    obs = simulate_observations(bp, rp, g, nt, rng, noise_model, model_error=model_error)
     source_id = np.arange(1, m + 1, dtype=np.int64)
     extra: dict[str, np.ndarray] = {"phot_g_mean_mag": obs.g_mag,
                                     "bp_n_measurements": obs.n_transits.astype(np.int64),
@@ -258,8 +327,25 @@ def simulate(out: str | os.PathLike, g_range: tuple[float, float], transit_range
     tmp = truth_path.with_name(f"{truth_path.name}.tmp-{os.getpid()}")
     truth.write(tmp, format="ascii.csv", overwrite=True)
     os.replace(tmp, truth_path)
-    return SimulateReport(out, truth_path, m, with_parallax)
+    settings = {"observations": str(out), "truth": str(truth_path), "n_sources": int(m),
+                "seed": int(seed), "g_mag_range": [float(v) for v in g_range],
+                "transit_range": [int(v) for v in transit_range],
+                "grid": None if grid_path is None else str(grid_path), "rows": rows,
+                "split_seed": int(split_seed),
+                "params": None if params_path is None else str(params_path),
+                "parallax_error_frac": float(parallax_error_frac), "with_parallax": with_parallax,
+                "model_error": bool(model_error),
+                "model_error_ridge_alpha": MODEL_ERROR_RIDGE_ALPHA,
+                "noise_model": noise_model.to_dict(),
+                "covariance_written": "coefficient noise only (model error not included)"}
+    settings_path = out.with_name(f"{out.stem}_simulate.json")
+    tmp = settings_path.with_name(f"{settings_path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(settings, indent=1) + "\n")
+    os.replace(tmp, settings_path)
+    return SimulateReport(out, truth_path, settings_path, m, with_parallax, model_error)
 
 
 __all__ = ["Observations", "SimulateError", "SimulateReport", "simulate", "simulate_observations",
+           "draw_model_error_coefficients", "model_error_coefficient_covariance",
+           "MODEL_ERROR_RIDGE_ALPHA",
            "parse_range", "read_params_table", "ROW_CHOICES"]

@@ -175,8 +175,9 @@ def test_xp_likelihood_marginalises_the_flux_scale():
     s_true = 0.8
     bp_obs = s_true * bp[0] + rng.multivariate_normal(np.zeros(55), cov_b)
     rp_obs = s_true * rp[0] + rng.multivariate_normal(np.zeros(55), cov_r)
+    # toy coefficients are no XP spectrum: coefficient noise only (model error: test_model_error)
     like = reference_mcmc.XPLikelihood(forward, bp_obs, rp_obs, cov_b, cov_r,
-                                       to_physical=lambda u: u)
+                                       to_physical=lambda u: u, model_error=False)
     pts = np.array([[0.3, 0.7], [0.32, 0.69]])
 
     def numeric(u):

@@ -12,7 +12,9 @@ from cvae_pms.grid.gridfile import open_grid, write_grid
 from cvae_pms.grid.synth import synth_grid
 from cvae_pms.simulate import SimulateError, parse_range, simulate, simulate_observations
 from cvae_pms.xp.archive import read_xp
+from cvae_pms.xp.noise import model_error_variance
 from cvae_pms.xp.photometry import g_mag
+from cvae_pms.xp.sampling import sampled_flux, sampled_flux_error
 
 
 @pytest.fixture(scope="module")
@@ -41,11 +43,14 @@ def test_grid_simulation_round_trip(tmp_path, grid):
     with open_grid(grid) as g:
         theta, bp0, rp0 = g.read(np.asarray(truth["grid_row"]))
     np.testing.assert_allclose(theta, np.column_stack([truth[n] for n in P.NAMES]))
-    # the observed spectra are the grid spectra scaled to G plus noise of the stated size
+    # the observed spectra are the grid spectra scaled to G plus noise of the size inference
+    # assumes: in calibrated flux, the propagated covariance plus the model-error variance
     scale = 10 ** (-0.4 * (np.asarray(truth["g_mag"]) - g_mag(bp0, rp0)))
-    resid = (batch.bp_coefficients - bp0 * scale[:, None]) / np.sqrt(
-        np.diagonal(batch.bp_covariance, axis1=1, axis2=2))
-    assert 0.7 < resid.std() < 1.3
+    flux0 = sampled_flux(bp0 * scale[:, None], rp0 * scale[:, None])
+    sigma = np.sqrt(sampled_flux_error(batch.bp_covariance, batch.rp_covariance) ** 2
+                    + model_error_variance(flux0))
+    resid = (sampled_flux(batch.bp_coefficients, batch.rp_coefficients) - flux0) / sigma
+    assert 0.8 < resid.std() < 1.2
     np.testing.assert_allclose(g_mag(batch.bp_coefficients, batch.rp_coefficients), truth["g_mag"], atol=0.05)
     # parallax: from the flux scaling relative to the grid's 10 pc, with 5 % noise
     dist = 10.0 * 10 ** (0.2 * (np.asarray(truth["g_mag"]) - g_mag(bp0, rp0)))
@@ -54,6 +59,32 @@ def test_grid_simulation_round_trip(tmp_path, grid):
     plx_err = np.asarray(batch.extra["parallax_error"])
     np.testing.assert_allclose(plx_err, 0.05 * 1000 / dist, rtol=1e-8)
     assert np.abs((plx - 1000 / dist) / plx_err).max() < 5 and np.std(plx - 1000 / dist) > 0
+
+
+def test_settings_sidecar_and_no_model_error(tmp_path, grid):
+    import json
+
+    for name, flag in (("me", "--model-error"), ("clean", "--no-model-error")):
+        result = _run("--grid", grid, "--n", 6, "--rows", "all", "--g-mag", "12", "--transits", "40",
+                      "--out", tmp_path / f"{name}.csv", "--seed", 3, flag)
+        assert result.exit_code == 0, result.output
+        assert f"{name}_simulate.json" in result.output
+    me = json.loads((tmp_path / "me_simulate.json").read_text())
+    clean = json.loads((tmp_path / "clean_simulate.json").read_text())
+    assert me["model_error"] is True and clean["model_error"] is False
+    assert me["seed"] == 3 and me["g_mag_range"] == [12.0, 12.0] and me["transit_range"] == [40, 40]
+    assert me["n_sources"] == 6 and me["grid"] == str(grid) and me["rows"] == "all"
+    assert me["noise_model"]["model_error_fraction"] > 0 and me["model_error_ridge_alpha"] > 0
+    assert not list(tmp_path.glob("*.tmp-*"))
+    a, b = read_xp(tmp_path / "me.csv"), read_xp(tmp_path / "clean.csv")
+    # same seed: same coefficient noise and covariance; the model error is added on top
+    np.testing.assert_array_equal(a.bp_covariance, b.bp_covariance)
+    diff = np.concatenate([a.bp_coefficients - b.bp_coefficients,
+                           a.rp_coefficients - b.rp_coefficients], axis=1)
+    assert np.all(np.abs(diff).max(axis=1) > 0)
+    # its size: ~0.5 % of the flux, i.e. ~0.5 % of the zero-order coefficients
+    rel = np.abs(diff[:, 0]) / np.abs(b.bp_coefficients[:, 0])
+    assert np.median(rel) < 0.02
 
 
 def test_gaiaxpy_reads_the_output(tmp_path, grid):

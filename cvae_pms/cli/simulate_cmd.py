@@ -23,10 +23,14 @@ import click
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
 @click.option("--parallax-error-frac", type=float, default=0.05, show_default=True,
               help="Fractional parallax error.")
+@click.option("--model-error/--no-model-error", default=True, show_default=True,
+              help="Add the noise model's forward-model error (as in training) to the "
+                   "coefficients; the written covariances never include it.")
 def simulate(grid_path: Path | None, n: int | None, rows: str, split_seed: int,
              params_path: Path | None, g_mag: str, transits: str, out_path: Path, seed: int,
-             parallax_error_frac: float) -> None:
-    """Write mock XP observations (noise from the XP noise model) and a truth table."""
+             parallax_error_frac: float, model_error: bool) -> None:
+    """Write mock XP observations (noise from the XP noise model), a truth table and the
+    settings (<stem>_simulate.json)."""
     from cvae_pms.simulate import SimulateError, parse_range
     from cvae_pms.simulate import simulate as run
 
@@ -35,7 +39,7 @@ def simulate(grid_path: Path | None, n: int | None, rows: str, split_seed: int,
         t_range = parse_range(transits, "--transits", integer=True)
         report = run(out_path, g_range, t_range, seed=seed, grid_path=grid_path, n=n, rows=rows,
                      params_path=params_path, parallax_error_frac=parallax_error_frac,
-                     split_seed=split_seed)
+                     split_seed=split_seed, model_error=model_error)
     except SimulateError as exc:
         raise click.ClickException(str(exc)) from exc
     for line in report.lines():

@@ -9,11 +9,12 @@ than 1 % since the previous check, or it stops at ``max_steps`` with ``converged
 The first ``2 max(tau)`` steps are discarded and the rest thinned by ``tau / 2``.
 
 Likelihood: :class:`XPLikelihood`, Gaussian in the 110 BP+RP coefficients with the source's
-own covariance, around ``s m(theta)``, where ``m`` is the built-in forward model (SED ->
-coefficients at the grid's reference distance) and ``s > 0`` an unknown flux scale (distance
-and the absolute flux level, which the CVAE also does not see). ``s`` is marginalised
-analytically per proposal with a uniform prior on ``s > 0``: with whitened data ``y`` and
-model ``m``, ``a = m.m``, ``b = m.y``,
+own covariance plus (by default) the noise model's forward-model error mapped to coefficient
+space (the same term training adds to every spectrum), around ``s m(theta)``, where ``m`` is
+the built-in forward model (SED -> coefficients at the grid's reference distance) and
+``s > 0`` an unknown flux scale (distance and the absolute flux level, which the CVAE also does
+not see). ``s`` is marginalised analytically per proposal with a uniform prior on ``s > 0``:
+with whitened data ``y`` and model ``m``, ``a = m.m``, ``b = m.y``,
 ``log L = b^2 / (2a) - log(a) / 2 + log Phi(b / sqrt(a)) + const``.
 
 Example (a 2-D Gaussian toy posterior)
@@ -137,24 +138,44 @@ class XPLikelihood:
     any fixed distance; ``bp``/``rp`` (55,) the observed coefficients, ``bp_cov``/``rp_cov``
     (55, 55) their covariance (BP and RP independent, as in the Gaia archive).
     Call with unit-box points ``(w, 7)``; returns ``log L`` (w,) up to a constant.
+
+    With ``model_error`` (default) the covariance also holds the noise model's forward-model
+    error, the term training adds: ``C = blockdiag(bp_cov, rp_cov) + P S P^T``
+    (:func:`cvae_pms.simulate.model_error_coefficient_covariance`) with ``P`` the (110, 343)
+    ridge map flux -> coefficients that simulated observations use, and ``S`` =
+    :func:`cvae_pms.xp.noise.model_error_covariance` at the source's *observed* calibrated flux (as the feature map does). ``S`` is held fixed per source, not
+    recomputed from the model flux ``s m(theta)``, so the likelihood stays Gaussian with one
+    fixed covariance and the scale marginalisation stays analytic. The model error couples BP
+    and RP; ``C`` is factorised once (Cholesky) per source.
     """
 
     def __init__(self, forward: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
                  bp: np.ndarray, rp: np.ndarray, bp_cov: np.ndarray, rp_cov: np.ndarray,
-                 to_physical: Callable[[np.ndarray], np.ndarray]) -> None:
+                 to_physical: Callable[[np.ndarray], np.ndarray], model_error: bool = True,
+                 noise_model=None) -> None:
         self.forward = forward
         self.to_physical = to_physical
-        self._chol = [linalg.cholesky(np.asarray(c, dtype=np.float64), lower=True)
-                      for c in (bp_cov, rp_cov)]
-        self._y = np.concatenate([self._whiten(0, np.asarray(bp, np.float64)[None]),
-                                  self._whiten(1, np.asarray(rp, np.float64)[None])], axis=1)[0]
+        obs = np.concatenate([np.asarray(bp, np.float64).ravel(),
+                              np.asarray(rp, np.float64).ravel()])
+        self.covariance = linalg.block_diag(np.asarray(bp_cov, np.float64),
+                                            np.asarray(rp_cov, np.float64))
+        if model_error:
+            from cvae_pms.simulate import model_error_coefficient_covariance
+            self.covariance = self.covariance + model_error_coefficient_covariance(
+                obs[:55], obs[55:], noise_model)
+        self._chol = _cholesky(self.covariance)
+        self._y = self._whiten(obs[None])[0]
 
-    def _whiten(self, band: int, x: np.ndarray) -> np.ndarray:
-        return linalg.solve_triangular(self._chol[band], x.T, lower=True).T
+    def _whiten(self, x: np.ndarray) -> np.ndarray:
+        """``L^{-1} x`` for rows ``x`` (w, 110), ``L L^T = C``."""
+        return linalg.solve_triangular(self._chol, x.T, lower=True).T
+
+    def _model(self, u: np.ndarray) -> np.ndarray:
+        bp, rp = self.forward(self.to_physical(np.atleast_2d(u)))
+        return self._whiten(np.concatenate([bp, rp], axis=1))
 
     def __call__(self, u: np.ndarray) -> np.ndarray:
-        bp, rp = self.forward(self.to_physical(np.atleast_2d(u)))
-        m = np.concatenate([self._whiten(0, bp), self._whiten(1, rp)], axis=1)
+        m = self._model(u)
         a = np.sum(m * m, axis=1)
         b = m @ self._y
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -163,9 +184,23 @@ class XPLikelihood:
 
     def best_scale(self, u: np.ndarray) -> np.ndarray:
         """Maximum-likelihood flux scale ``s`` (w,) of the model at unit-box points ``u``."""
-        bp, rp = self.forward(self.to_physical(np.atleast_2d(u)))
-        m = np.concatenate([self._whiten(0, bp), self._whiten(1, rp)], axis=1)
+        m = self._model(u)
         return (m @ self._y) / np.sum(m * m, axis=1)
+
+
+def _cholesky(cov: np.ndarray) -> np.ndarray:
+    """Lower Cholesky factor; if round-off makes ``cov`` indefinite, retry with a diagonal
+    jitter of 1e-12, 1e-10, ... x its mean diagonal (raises ``LinAlgError`` past 1e-6)."""
+    try:
+        return linalg.cholesky(cov, lower=True)
+    except linalg.LinAlgError:
+        scale = float(np.mean(np.diag(cov)))
+        for eps in (1e-12, 1e-10, 1e-8, 1e-6):
+            try:
+                return linalg.cholesky(cov + eps * scale * np.eye(cov.shape[0]), lower=True)
+            except linalg.LinAlgError:
+                continue
+        raise
 
 
 class ReferenceModelError(Exception):

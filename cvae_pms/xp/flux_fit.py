@@ -54,6 +54,20 @@ def _ridge_operator(alpha: float) -> tuple[np.ndarray, np.ndarray]:
     return solve, design
 
 
+@lru_cache(maxsize=4)
+def ridge_projection(alpha: float = RIDGE_ALPHA) -> np.ndarray:
+    """The ridge least-squares map as a matrix P (110, 343): ``[bp, rp] = P @ flux``.
+
+    Linear in the flux, so a flux-space perturbation ``d`` (W m^-2 nm^-1) becomes the
+    coefficient perturbation ``P @ d`` and a flux covariance ``S`` the coefficient covariance
+    ``P S P^T``. Rows 0-54 give BP, 55-109 RP. Read-only, cached per ``alpha``.
+    """
+    solve, _ = _ridge_operator(float(alpha))
+    proj = np.ascontiguousarray(solve.T)
+    proj.setflags(write=False)
+    return proj
+
+
 def flux_to_coefficients(flux: np.ndarray, alpha: float = RIDGE_ALPHA
                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Fit BP/RP coefficients to sampled spectra.
