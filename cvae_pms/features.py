@@ -19,8 +19,14 @@ Steps (all in TensorFlow, float32; numpy callers go through :meth:`Featuriser.nu
 4. Features: ``flux / norm`` (343) and the relative noise level
    ``log10(sigma / norm)`` clipped to :data:`RELNOISE_CLIP` (343), then standardised with
    the training-set mean/std stored in the model dir (:class:`FeatureSpec`).
-5. Also returned: ``log10(norm)`` in W m^-2 nm^-1 (the absolute flux level), for a later
-   luminosity channel; it is not a network input.
+5. Also returned: ``log10(norm)`` in W m^-2 nm^-1 (the observed flux level).
+6. Optional luminosity channel (``FeatureSpec.luminosity``; models trained with
+   ``[luminosity] enabled = true``): three more inputs after the 686, the standardised
+   log10 absolute flux level at 10 pc from ``log10(norm)`` and the parallax
+   (:func:`cvae_pms.astrometry.luminosity_channel`), its standardised error, and a flag
+   (1 present, 0 missing; value and error inputs are 0 when missing). Spectrum-only specs
+   (``luminosity = False``, the default and every spec saved before the channel existed)
+   give exactly the 686 features of before.
 """
 from __future__ import annotations
 
@@ -37,6 +43,8 @@ FEATURE_VERSION = 1
 N_COEFF = 55
 N_PIXELS = 343
 N_FEATURES = 2 * N_PIXELS
+#: Luminosity inputs appended when enabled: value, error, flag.
+N_LUMINOSITY = 3
 #: Clip of log10(sigma / norm) (relative per-pixel noise): 1e-5 .. 10.
 RELNOISE_CLIP = (-5.0, 1.0)
 
@@ -64,9 +72,11 @@ def matrices_digest(a_bp: np.ndarray, a_rp: np.ndarray) -> str:
 class FeatureSpec:
     """Everything that defines the feature map besides the design matrices.
 
-    ``mean``/``std``: standardisation of the raw features (686,); ``model_error_frac``:
-    fractional per-pixel model-error sigma (343,) from the noise model; ``matrices_sha256``:
-    digest of the design matrices used.
+    ``mean``/``std``: standardisation of the raw features (:attr:`y_dim`,): the 686 spectral
+    ones, then (``luminosity``) the luminosity value [dex], its error [dex] and the flag
+    (mean 0, std 1); ``model_error_frac``: fractional per-pixel model-error sigma (343,) from
+    the noise model; ``matrices_sha256``: digest of the design matrices used;
+    ``luminosity``: whether the network input carries the luminosity channel.
     """
 
     model_error_frac: np.ndarray
@@ -75,18 +85,25 @@ class FeatureSpec:
     matrices_sha256: str = ""
     relnoise_clip: tuple[float, float] = RELNOISE_CLIP
     version: int = FEATURE_VERSION
+    luminosity: bool = False
+
+    def __post_init__(self) -> None:
+        if self.luminosity and np.asarray(self.mean).shape == (N_FEATURES,):
+            self.mean = np.concatenate([self.mean, np.zeros(N_LUMINOSITY)])
+            self.std = np.concatenate([self.std, np.ones(N_LUMINOSITY)])
 
     @property
     def y_dim(self) -> int:
-        return N_FEATURES
+        return N_FEATURES + (N_LUMINOSITY if self.luminosity else 0)
 
     def save(self, directory: str | Path) -> None:
         """Write ``features.json`` (scalars) and ``features.npz`` (arrays) into ``directory``."""
         from cvae_pms.model.rundir import atomic_write_bytes, atomic_write_text
         d = Path(directory)
         meta = {"version": self.version, "relnoise_clip": list(self.relnoise_clip),
-                "matrices_sha256": self.matrices_sha256, "n_features": N_FEATURES,
-                "normalisation": "mean calibrated flux over 336-1020 nm"}
+                "matrices_sha256": self.matrices_sha256, "n_features": self.y_dim,
+                "normalisation": "mean calibrated flux over 336-1020 nm",
+                "luminosity": bool(self.luminosity)}
         atomic_write_text(d / "features.json", json.dumps(meta, indent=1))
         import io
         buf = io.BytesIO()
@@ -102,7 +119,8 @@ class FeatureSpec:
             arrays = np.load(d / "features.npz")
             spec = cls(model_error_frac=arrays["model_error_frac"], mean=arrays["mean"],
                        std=arrays["std"], matrices_sha256=meta["matrices_sha256"],
-                       relnoise_clip=tuple(meta["relnoise_clip"]), version=meta["version"])
+                       relnoise_clip=tuple(meta["relnoise_clip"]), version=meta["version"],
+                       luminosity=bool(meta.get("luminosity", False)))
         except (OSError, KeyError, ValueError) as exc:
             raise FeatureError(f"{d}: cannot read the feature specification "
                                f"(features.json/features.npz): {exc}") from exc
@@ -138,11 +156,17 @@ class Featuriser:
         self._numpy_fn = tf.function(self.features, reduce_retracing=True)
 
     def set_standardisation(self, mean: np.ndarray, std: np.ndarray) -> None:
-        """Set the feature mean/std (686,) (also stored in the spec)."""
-        std = np.where(np.asarray(std) > 1e-6, std, 1.0)
-        self.spec.mean, self.spec.std = np.asarray(mean, np.float64), np.asarray(std, np.float64)
-        self.mean = tf.constant(self.spec.mean, tf.float32)
-        self.std = tf.constant(self.spec.std, tf.float32)
+        """Set the feature mean/std (:attr:`FeatureSpec.y_dim`,) (also stored in the spec)."""
+        mean, std = np.asarray(mean, np.float64), np.asarray(std, np.float64)
+        if mean.shape != (self.spec.y_dim,) or std.shape != mean.shape:
+            raise FeatureError(f"standardisation of shape {mean.shape}/{std.shape}, expected "
+                               f"({self.spec.y_dim},)")
+        std = np.where(std > 1e-6, std, 1.0)
+        self.spec.mean, self.spec.std = mean, std
+        self.mean = tf.constant(mean[:N_FEATURES], tf.float32)
+        self.std = tf.constant(std[:N_FEATURES], tf.float32)
+        self.lum_mean = tf.constant(np.r_[mean, 0.0, 0.0][N_FEATURES:N_FEATURES + 2], tf.float32)
+        self.lum_std = tf.constant(np.r_[std, 1.0, 1.0][N_FEATURES:N_FEATURES + 2], tf.float32)
 
     # -- TF pieces ---------------------------------------------------------------------
     def scaled_flux(self, bp: tf.Tensor, rp: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
@@ -194,10 +218,24 @@ class Featuriser:
         var = self.flux_variance(bp, rp, bp_cov, rp_cov) + self.model_error_variance(flux)
         return self.from_flux(flux, var, log10_unit, standardise)
 
+    def luminosity_inputs(self, value: tf.Tensor, error: tf.Tensor, present: tf.Tensor
+                          ) -> tf.Tensor:
+        """The 3 luminosity inputs (n, 3): standardised value and error (0 when missing), flag.
+
+        ``value`` [dex], ``error`` [dex], ``present`` (bool) (n,) from
+        :func:`cvae_pms.astrometry.luminosity_channel` (or its TF twin).
+        """
+        raw = tf.stack([tf.cast(value, tf.float32), tf.cast(error, tf.float32)], axis=-1)
+        flag = tf.cast(present, tf.float32)[:, None]
+        return tf.concat([(raw - self.lum_mean) / self.lum_std * flag, flag], axis=-1)
+
     # -- numpy entry -------------------------------------------------------------------
     def numpy(self, bp: np.ndarray, rp: np.ndarray, bp_cov: np.ndarray, rp_cov: np.ndarray,
               standardise: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        """:meth:`features` for numpy arrays (bp/rp (n, 55), covariances (n, 55, 55))."""
+        """:meth:`features` for numpy arrays (bp/rp (n, 55), covariances (n, 55, 55)).
+
+        Spectral features only (n, 686); see :meth:`numpy_with_luminosity` for the full input.
+        """
         args = [np.asarray(a, dtype=np.float32) for a in (bp, rp, bp_cov, rp_cov)]
         if args[0].ndim != 2 or args[0].shape[1] != N_COEFF or args[1].shape != args[0].shape:
             raise FeatureError(f"expected bp, rp of shape (n, {N_COEFF}), got "
@@ -207,3 +245,28 @@ class Featuriser:
                                f"{args[2].shape}, {args[3].shape}")
         y, lg = self._numpy_fn(*[tf.constant(a) for a in args], standardise=standardise)
         return y.numpy(), lg.numpy()
+
+    def numpy_with_luminosity(self, bp: np.ndarray, rp: np.ndarray, bp_cov: np.ndarray,
+                              rp_cov: np.ndarray, parallax_mas: np.ndarray | None = None,
+                              parallax_error_mas: np.ndarray | None = None,
+                              zero_point_mas: float = 0.0, min_over_error: float = 5.0
+                              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Network input (n, y_dim), log10 norm (n,) and luminosity-present mask (n,) bool.
+
+        For a spectrum-only spec the parallaxes are ignored (mask all False) and the input is
+        the 686 features; otherwise the 3 luminosity inputs are appended (missing where the
+        parallax is None/NaN/non-positive or below ``min_over_error``; see
+        :func:`cvae_pms.astrometry.luminosity_channel`).
+        """
+        from cvae_pms.astrometry import luminosity_channel
+        y, lg = self.numpy(bp, rp, bp_cov, rp_cov)
+        n = y.shape[0]
+        if not self.spec.luminosity:
+            return y, lg, np.zeros(n, bool)
+        nan = np.full(n, np.nan)
+        plx = nan if parallax_mas is None else np.asarray(parallax_mas, np.float64)
+        err = nan if parallax_error_mas is None else np.asarray(parallax_error_mas, np.float64)
+        value, error, present = luminosity_channel(lg, plx, err, zero_point_mas, min_over_error)
+        lum = self.luminosity_inputs(tf.constant(value, tf.float32),
+                                     tf.constant(error, tf.float32), tf.constant(present)).numpy()
+        return np.concatenate([y, lum], axis=1), lg, present

@@ -15,7 +15,20 @@ On an interruption (Ctrl-C, SIGTERM, an error) the completed rows are kept as
 ``POST.h5.partial``; ``--resume`` continues from it (or from an orphaned
 ``POST.h5.tmp-<pid>`` of a killed run, or from an existing ``POST.h5`` when adding inputs),
 skipping every (input file, source_id) already done; it refuses a partial file made with
-another model, seed or S.
+another model, seed, S, user prior or parallax settings.
+
+Parallaxes (luminosity models only, :mod:`cvae_pms.astrometry`): ``parallax`` and
+``parallax_error`` come from the input's extra columns, or, where a side table
+(``astrometry``) lists the source, from that table (joined on source_id). A source whose
+parallax is missing, NaN, non-positive or has parallax/error below ``min_parallax_over_error``
+gets the spectrum-only posterior (luminosity channel missing) and the ``no_parallax`` flag. A
+spectrum-only model ignores parallaxes (said once in the log).
+
+User prior (``prior``): the raw samples are importance-reweighted with
+:func:`cvae_pms.priors.reweight` (keyed on source_id, so chunking does not matter); the
+resampled equal-weight samples are written as ``samples``, the raw ones as ``samples_raw``
+with ``keep_raw``; ``ess`` per source; ``low_ess`` flag below the prior's threshold. Bound
+flags are computed on the raw samples.
 """
 from __future__ import annotations
 
@@ -80,6 +93,17 @@ class Model:
     ood: OODIndex
     hash: str
     g_range: tuple[float, float] | None
+
+    @property
+    def luminosity(self) -> bool:
+        """Whether the network takes the luminosity (parallax) channel."""
+        return bool(self.run.spec.luminosity)
+
+    @property
+    def zero_point_mas(self) -> float:
+        """The model's default parallax zero point [mas] (added to parallaxes)."""
+        cfg = self.run.config.get("luminosity", {}) if isinstance(self.run.config, dict) else {}
+        return float(cfg.get("zero_point_mas", 0.0))
 
     def sampler(self, n_samples: int, batch: int = KEYED_BATCH) -> "KeyedSampler":
         """The compiled per-source-keyed sampler for ``n_samples`` (cached)."""
@@ -199,8 +223,40 @@ def sample_sources(model: Model, y: np.ndarray, source_id: np.ndarray, n_samples
     return params.from_unit(u).astype(np.float32)
 
 
-def infer_batch(model: Model, batch, n_samples: int, seed: int) -> pf.PosteriorChunk:
-    """Posterior rows for one :class:`~cvae_pms.xp.archive.XPBatch` (bad sources flagged)."""
+@dataclass
+class ParallaxOptions:
+    """How inference uses parallaxes (luminosity models only).
+
+    ``astrometry``: side table (overrides the input's columns for the sources it lists);
+    ``zero_point_mas``: added to every parallax (None: the model's config value);
+    ``min_over_error``: minimum parallax / parallax_error.
+    """
+
+    astrometry: object | None = None
+    zero_point_mas: float | None = None
+    min_over_error: float = 5.0
+
+    def parallaxes(self, batch) -> tuple[np.ndarray, np.ndarray]:
+        """(parallax, parallax_error) [mas] (n,) of a batch; NaN where unknown."""
+        n = len(batch)
+        plx = np.asarray(batch.extra.get("parallax", np.full(n, np.nan)), dtype=np.float64)
+        err = np.asarray(batch.extra.get("parallax_error", np.full(n, np.nan)), dtype=np.float64)
+        if self.astrometry is not None:
+            t_plx, t_err, found = self.astrometry.lookup(batch.source_id)
+            plx, err = np.where(found, t_plx, plx), np.where(found, t_err, err)
+        return plx, err
+
+
+def infer_batch(model: Model, batch, n_samples: int, seed: int,
+                parallax: ParallaxOptions | None = None, prior=None,
+                keep_raw: bool = False) -> pf.PosteriorChunk:
+    """Posterior rows for one :class:`~cvae_pms.xp.archive.XPBatch` (bad sources flagged).
+
+    ``parallax``: :class:`ParallaxOptions` (default: input columns, model zero point, 5);
+    ``prior``: a :class:`cvae_pms.priors.Prior` to reweight to (adds ``ess``);
+    ``keep_raw``: also return the raw samples (with ``prior``).
+    """
+    from cvae_pms.features import N_FEATURES
     from cvae_pms.xp.photometry import g_mag
 
     n = len(batch)
@@ -209,10 +265,17 @@ def infer_batch(model: Model, batch, n_samples: int, seed: int) -> pf.PosteriorC
     message = np.array([str(e) for e in batch.error], dtype=object)
     ood = np.full(n, np.nan)
     ok = np.array([not e for e in message], dtype=bool)
+    no_plx = np.zeros(n, bool)
     if ok.any():
         idx = np.flatnonzero(ok)
-        y, _ = model.run.features(batch.bp_coefficients[idx], batch.rp_coefficients[idx],
-                                  batch.bp_covariance[idx], batch.rp_covariance[idx])
+        opts = parallax or ParallaxOptions()
+        plx, err = opts.parallaxes(batch)
+        zp = model.zero_point_mas if opts.zero_point_mas is None else opts.zero_point_mas
+        y, _, present = model.run.featuriser.numpy_with_luminosity(
+            batch.bp_coefficients[idx], batch.rp_coefficients[idx], batch.bp_covariance[idx],
+            batch.rp_covariance[idx], plx[idx], err[idx], zp, opts.min_over_error)
+        if model.luminosity:
+            no_plx[idx[~present]] = True
         finite = np.isfinite(y).all(axis=1)
         for j in idx[~finite]:
             message[j] = "non-finite features (zero or negative total flux?)"
@@ -220,22 +283,32 @@ def infer_batch(model: Model, batch, n_samples: int, seed: int) -> pf.PosteriorC
         idx, y = idx[finite], y[finite]
         if idx.size:
             samples[idx] = sample_sources(model, y, batch.source_id[idx], n_samples, seed)
-            ood[idx] = model.ood.distance(y)
+            ood[idx] = model.ood.distance(y[:, :N_FEATURES])   # spectral part only
     status[~ok] |= pf.FLAG_FAILED
     status[ok & model.ood.is_ood(ood)] |= pf.FLAG_OOD
     bounds = np.zeros(n, np.uint8)
     bounds[ok] = bound_flags(samples[ok], model.ood.prior_edge_fraction)
     status[bounds > 0] |= pf.FLAG_AT_BOUND
     status[ok & ~np.asarray(batch.correlations_present, bool)] |= pf.FLAG_DIAGONAL_COV
+    status[ok & no_plx] |= pf.FLAG_NO_PARALLAX
     if model.g_range is not None and ok.any():
         with np.errstate(invalid="ignore", divide="ignore"):
             g = np.asarray(g_mag(batch.bp_coefficients, batch.rp_coefficients), dtype=float)
         outside = ok & ((g < model.g_range[0]) | (g > model.g_range[1]))
         status[outside] |= pf.FLAG_G_OUTSIDE_TRAINING
+    ess = raw = None
+    if prior is not None:
+        from cvae_pms.priors import reweight
+        rw = reweight(samples, prior, source_id=batch.source_id)
+        raw, samples, ess = samples, rw.resampled, rw.ess.astype(np.float32)
+        status[ok & rw.flag_low_ess] |= pf.FLAG_LOW_ESS
+        for j in np.flatnonzero(ok & rw.zero_support):
+            message[j] = "user prior is zero at every posterior sample (no resampled samples)"
     return pf.PosteriorChunk(source_id=batch.source_id, samples=samples, status=status,
                              message=message.tolist(),
                              input_file=[os.path.abspath(batch.path)] * n,
-                             ood_distance=ood, bound_params=bounds)
+                             ood_distance=ood, bound_params=bounds, ess=ess,
+                             samples_raw=raw if keep_raw else None)
 
 
 @dataclass
@@ -248,6 +321,8 @@ class InferResult:
     n_failed: int = 0
     n_ood: int = 0
     n_skipped: int = 0
+    n_no_parallax: int = 0
+    n_low_ess: int = 0
     seconds: float = 0.0
     per_file: dict = field(default_factory=dict)
     unusable_files: dict = field(default_factory=dict)
@@ -317,7 +392,12 @@ def infer(run_dir: str | os.PathLike, inputs: Sequence[str | os.PathLike],
           plots: str | os.PathLike | None = None, max_plots: int = 20,
           truth: str | os.PathLike | None = None, progress: bool = True,
           command_line: Sequence[str] | None = None, model: Model | None = None,
-          log: Callable[[str], None] | None = None) -> InferResult:
+          log: Callable[[str], None] | None = None,
+          astrometry: str | os.PathLike | None = None,
+          parallax_zero_point: float | None = None,
+          min_parallax_over_error: float = 5.0,
+          prior: str | os.PathLike | object | None = None,
+          keep_raw: bool = False) -> InferResult:
     """Posterior samples for every source of ``inputs``, written to the posterior file ``out``.
 
     Args:
@@ -330,9 +410,15 @@ def infer(run_dir: str | os.PathLike, inputs: Sequence[str | os.PathLike],
             from a truth CSV with source_id + parameter columns).
         progress: tqdm progress bar on stderr. command_line: recorded in the file.
         model: an already loaded :class:`Model` (else loaded from ``run_dir``).
+        astrometry: side table with source_id, parallax, parallax_error (CSV/ECSV/FITS/VOTable).
+        parallax_zero_point: [mas] added to parallaxes (None: the model's
+            ``luminosity.zero_point_mas``). min_parallax_over_error: below it, spectrum-only.
+        prior: a prior TOML path or :class:`cvae_pms.priors.Prior`; keep_raw: also write
+            the raw samples (``samples_raw``).
 
     Raises:
-        InferError: bad paths, unusable model dir, an unreadable input file.
+        InferError: bad paths, unusable model dir, unreadable input/astrometry/prior file,
+            resuming with another prior or parallax settings.
     """
     from tqdm import tqdm
 
@@ -343,11 +429,32 @@ def infer(run_dir: str | os.PathLike, inputs: Sequence[str | os.PathLike],
     paths = check_paths(inputs, out, summary)
     if n_samples < 1 or batch < 1:
         raise InferError(f"--samples ({n_samples}) and --batch ({batch}) must be >= 1")
+    if keep_raw and prior is None:
+        raise InferError("--keep-raw only makes sense with --prior")
+    from cvae_pms.astrometry import AstrometryError, read_astrometry
+    from cvae_pms.priors import Prior, PriorError, load_prior
+    try:
+        prior_obj = (prior if isinstance(prior, Prior) or prior is None else load_prior(prior))
+        table = read_astrometry(astrometry) if astrometry is not None else None
+    except (PriorError, AstrometryError) as exc:
+        raise InferError(str(exc)) from exc
     model = model or load_model(run_dir, log=log)
+    if not model.luminosity and log and (astrometry is not None
+                                         or parallax_zero_point is not None):
+        log(f"{run_dir}: spectrum-only model (no luminosity channel): parallaxes are ignored")
+    zp = model.zero_point_mas if parallax_zero_point is None else float(parallax_zero_point)
+    plx_opts = ParallaxOptions(table, zp, float(min_parallax_over_error))
+    said_ignored = [not model.luminosity and (astrometry is not None
+                                              or parallax_zero_point is not None)]
     attrs = {"run_dir": str(Path(run_dir).resolve()), "model_hash": model.hash, "seed": int(seed),
              "command_line": list(command_line or sys.argv), "cvae_pms_version": __version__,
              "ood_threshold": float(model.ood.threshold), "ood_k": int(model.ood.k),
-             "inputs": [str(p.resolve()) for p in paths]}
+             "inputs": [str(p.resolve()) for p in paths],
+             "prior": _prior_json(prior_obj), "luminosity": int(model.luminosity),
+             "parallax_zero_point_mas": zp if model.luminosity else float("nan"),
+             "min_parallax_over_error": (float(min_parallax_over_error) if model.luminosity
+                                         else float("nan")),
+             "astrometry": str(Path(astrometry).resolve()) if astrometry is not None else ""}
     tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
     partial = out.with_name(out.name + ".partial")
     done: set[tuple[str, int]] = set()
@@ -357,6 +464,7 @@ def infer(run_dir: str | os.PathLike, inputs: Sequence[str | os.PathLike],
         try:
             pf.PosteriorWriter(tmp, n_samples, resume=True, expect={
                 "model_hash": model.hash, "seed": int(seed)}).close()
+            _check_resume_settings(tmp, attrs, keep_raw)
         except pf.PosteriorFileError as exc:
             tmp.unlink()
             raise InferError(f"cannot resume from {source}: {exc}") from exc
@@ -367,7 +475,8 @@ def infer(run_dir: str | os.PathLike, inputs: Sequence[str | os.PathLike],
                          n_skipped=0)
     bar = tqdm(unit="src", desc="infer", disable=not progress, file=sys.stderr)
     try:
-        with pf.PosteriorWriter(tmp, n_samples, attrs=attrs, resume=source is not None) as w:
+        with pf.PosteriorWriter(tmp, n_samples, attrs=attrs, resume=source is not None,
+                                ess=prior_obj is not None, samples_raw=keep_raw) as w:
             for path in paths:
                 key = os.path.abspath(path)
                 counts = {"sources": 0, "failed": 0, "ood": 0, "skipped": 0}
@@ -381,7 +490,13 @@ def infer(run_dir: str | os.PathLike, inputs: Sequence[str | os.PathLike],
                                 xb = xb.select(todo)
                         if len(xb) == 0:
                             continue
-                        chunk = infer_batch(model, xb, n_samples, seed)
+                        if not said_ignored[0] and log and np.isfinite(
+                                np.asarray(xb.extra.get("parallax", [np.nan]), float)).any():
+                            log(f"{run_dir}: spectrum-only model (no luminosity channel): "
+                                f"the inputs' parallaxes are ignored")
+                            said_ignored[0] = True
+                        chunk = infer_batch(model, xb, n_samples, seed, plx_opts, prior_obj,
+                                            keep_raw)
                         w.append(chunk)
                         failed = (chunk.status & pf.FLAG_FAILED) > 0
                         for m in np.asarray(chunk.message, dtype=object)[failed]:
@@ -389,6 +504,9 @@ def infer(run_dir: str | os.PathLike, inputs: Sequence[str | os.PathLike],
                         counts["sources"] += len(chunk)
                         counts["failed"] += int(failed.sum())
                         counts["ood"] += int(((chunk.status & pf.FLAG_OOD) > 0).sum())
+                        result.n_no_parallax += int(
+                            ((chunk.status & pf.FLAG_NO_PARALLAX) > 0).sum())
+                        result.n_low_ess += int(((chunk.status & pf.FLAG_LOW_ESS) > 0).sum())
                         bar.update(len(chunk))
                 except XPReadError as exc:
                     raise InferError(str(exc)) from exc
@@ -417,3 +535,28 @@ def infer(run_dir: str | os.PathLike, inputs: Sequence[str | os.PathLike],
         result.plots = plot_posterior_file(out, plots, max_plots=max_plots, truth=truth)
     result.seconds = time.time() - t0
     return result
+
+
+def _prior_json(prior) -> str:
+    import json
+    return "" if prior is None else json.dumps(prior.to_dict(), sort_keys=True)
+
+
+def _check_resume_settings(path: Path, attrs: dict, keep_raw: bool) -> None:
+    """Refuse to resume a posterior file made with another prior or parallax settings."""
+    import h5py
+    with h5py.File(path, "r") as f:
+        for key in ("prior", "parallax_zero_point_mas", "min_parallax_over_error",
+                    "astrometry"):
+            have = f.attrs.get(key, "" if key in ("prior", "astrometry") else float("nan"))
+            have = have.decode() if isinstance(have, bytes) else have
+            want = attrs[key]
+            same = (str(have) == str(want) if isinstance(want, str)
+                    else (np.isnan(float(have)) and np.isnan(want)) or float(have) == want)
+            if not same:
+                raise pf.PosteriorFileError(f"{path}: made with {key} = {have!r}, this run "
+                                            f"uses {want!r}; use another --out")
+        has_raw = "samples_raw" in f
+    if has_raw != bool(keep_raw):
+        raise pf.PosteriorFileError(f"{path}: made {'with' if has_raw else 'without'} "
+                                    f"--keep-raw; rerun the same way or use another --out")

@@ -16,12 +16,19 @@ dataset            shape, dtype     content
 ``ood_distance``   (n,) f4          mean distance to the k nearest training spectra in
                                     standardised feature space (NaN when failed)
 ``bound_params``   (n,) uint8       bit i set: parameter ``NAMES[i]`` piles at a bound
+                                    (from the raw samples, before any prior reweighting)
+``ess``            (n,) f4          only with ``infer --prior``: effective sample size of
+                                    the importance weights (0 for failed sources)
+``samples_raw``    (n, S, 7) f4     only with ``--prior --keep-raw``: the samples under the
+                                    training prior (``samples`` then holds the resampled ones)
 =================  ===============  =====================================================
 
 File attributes: ``format_version``, ``parameter_names``, ``parameter_units``,
 ``parameter_bounds`` (7, 2), ``quantile_levels``, ``status_flags`` (JSON), ``n_samples``,
 ``seed``, ``run_dir``, ``model_hash``, ``command_line``, ``cvae_pms_version``,
-``ood_threshold``, ``ood_k``, ``n_complete`` (rows completely written: a reader or a resume
+``ood_threshold``, ``ood_k``, ``prior`` (JSON of the user prior, '' without),
+``luminosity`` (model uses parallaxes), ``parallax_zero_point_mas``,
+``min_parallax_over_error``, ``astrometry`` (side table path or ''), ``n_complete`` (rows completely written: a reader or a resume
 trusts only these).
 
 The writer appends chunk by chunk to resizable datasets, so memory stays flat in ``n``.
@@ -51,6 +58,8 @@ FLAG_OOD = 2
 FLAG_AT_BOUND = 4
 FLAG_DIAGONAL_COV = 8
 FLAG_G_OUTSIDE_TRAINING = 16
+FLAG_LOW_ESS = 32
+FLAG_NO_PARALLAX = 64
 
 #: bit -> (name, meaning); also stored as JSON in the file attribute ``status_flags``.
 STATUS_FLAGS: dict[int, tuple[str, str]] = {
@@ -64,6 +73,11 @@ STATUS_FLAGS: dict[int, tuple[str, str]] = {
                                                "covariance built from the errors alone"),
     FLAG_G_OUTSIDE_TRAINING: ("g_outside_training", "estimated G magnitude outside the "
                                                     "brightness range the model was trained on"),
+    FLAG_LOW_ESS: ("low_ess", "with --prior: effective sample size of the importance weights "
+                              "below the prior's ess_min (see 'ess'; zero: the prior vanishes "
+                              "at every sample, samples NaN)"),
+    FLAG_NO_PARALLAX: ("no_parallax", "luminosity model: parallax missing, non-positive, NaN or "
+                                      "below min_parallax_over_error; spectrum-only posterior"),
 }
 
 _STR = h5py.string_dtype("utf-8")
@@ -107,6 +121,8 @@ class PosteriorChunk:
     ood_distance: np.ndarray
     bound_params: np.ndarray
     quantiles: np.ndarray | None = None
+    ess: np.ndarray | None = None
+    samples_raw: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(np.asarray(self.source_id).shape[0])
@@ -118,12 +134,15 @@ class PosteriorWriter:
     Use as a context manager. ``attrs`` become file attributes (JSON-encoded when not a
     scalar, string or numeric array). With ``resume=True`` an existing file is opened,
     truncated to its ``n_complete`` rows and appended to; ``expect`` (attribute -> value)
-    must then match the file's attributes (e.g. the model hash and seed).
+    must then match the file's attributes (e.g. the model hash and seed). ``ess`` and
+    ``samples_raw`` create those optional datasets (a resumed file keeps the ones it has);
+    the chunks appended must then carry them.
     """
 
     def __init__(self, path: str | os.PathLike, n_samples: int, attrs: dict | None = None,
                  resume: bool = False, expect: dict | None = None,
-                 compression_level: int = 1) -> None:
+                 compression_level: int = 1, ess: bool = False,
+                 samples_raw: bool = False) -> None:
         self.path = Path(path)
         self.n_samples = int(n_samples)
         if resume:
@@ -134,12 +153,23 @@ class PosteriorWriter:
                 self._f.close()
                 raise
             n = int(self._f.attrs.get("n_complete", 0))
-            for name in _ROW_DATASETS:
+            self.datasets = _ROW_DATASETS + tuple(k for k in _OPTIONAL if k in self._f)
+            for name in self.datasets:
                 self._f[name].resize(n, axis=0)
             self.n = n
         else:
             self._f = h5py.File(self.path, "w")
             self._create(compression_level)
+            level = compression_level
+            if ess:
+                self._f.create_dataset("ess", (0,), np.float32, maxshape=(None,), chunks=(4096,))
+            if samples_raw:
+                s = self.n_samples
+                self._f.create_dataset("samples_raw", (0, s, params.N_PARAMS), np.float32,
+                                       maxshape=(None, s, params.N_PARAMS),
+                                       chunks=(1, s, params.N_PARAMS), compression="gzip",
+                                       compression_opts=level, shuffle=True)
+            self.datasets = _ROW_DATASETS + tuple(k for k in _OPTIONAL if k in self._f)
             self.n = 0
         for key, value in (attrs or {}).items():
             self._f.attrs[key] = _attr_value(value)
@@ -190,8 +220,15 @@ class PosteriorWriter:
             "ood_distance": np.asarray(chunk.ood_distance, dtype=np.float32),
             "bound_params": np.asarray(chunk.bound_params, dtype=np.uint8),
         }
+        for name in _OPTIONAL:
+            if name in self.datasets:
+                v = getattr(chunk, name)
+                if v is None:
+                    raise PosteriorFileError(f"{self.path}: the file has a '{name}' dataset, "
+                                             f"the chunk to append carries none")
+                values[name] = np.asarray(v, dtype=np.float32)
         n0, n1 = self.n, self.n + m
-        for name in _ROW_DATASETS:
+        for name in self.datasets:
             ds = self._f[name]
             ds.resize(n1, axis=0)
             ds[n0:n1] = values[name]
@@ -213,6 +250,8 @@ class PosteriorWriter:
 
 _ROW_DATASETS = ("source_id", "samples", "quantiles", "status", "message", "input_file",
                  "ood_distance", "bound_params")
+#: Row datasets only some files have (``infer --prior``, ``--keep-raw``).
+_OPTIONAL = ("ess", "samples_raw")
 
 
 def _attr_value(value):
@@ -257,6 +296,8 @@ class Posterior:
     ood_distance: np.ndarray
     bound_params: np.ndarray
     attrs: dict = field(default_factory=dict)
+    ess: np.ndarray | None = None
+    samples_raw: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.source_id.shape[0])
@@ -296,6 +337,8 @@ def _rows(f: h5py.File, sl: slice, with_samples: bool) -> Posterior:
         ood_distance=f["ood_distance"][sl],
         bound_params=f["bound_params"][sl],
         attrs=_attrs(f),
+        ess=f["ess"][sl] if "ess" in f else None,
+        samples_raw=f["samples_raw"][sl] if with_samples and "samples_raw" in f else None,
     )
 
 
@@ -328,8 +371,8 @@ def summary_table(posteriors: Iterator[Posterior] | Posterior) -> Table:
 
     Columns: ``source_id``; per parameter ``<name>_median``, ``_p16``, ``_p84``, ``_p2.5``,
     ``_p97.5`` (physical units) and ``<name>_width68`` (p84 - p16); ``status`` (bit flags),
-    ``flags`` (their names), ``at_bound`` (parameter names), ``ood_distance``, ``message``,
-    ``input_file``. Column units and descriptions come from :mod:`cvae_pms.params`.
+    ``flags`` (their names), ``at_bound`` (parameter names), ``ood_distance``, ``ess``
+    (only when the file has it), ``message``, ``input_file``. Column units and descriptions come from :mod:`cvae_pms.params`.
     """
     parts = [posteriors] if isinstance(posteriors, Posterior) else list(posteriors)
     if parts:
@@ -364,12 +407,16 @@ def summary_table(posteriors: Iterator[Posterior] | Posterior) -> Table:
     t["at_bound"] = [bound_names(b) for b in bound]
     t["ood_distance"] = ood.astype(np.float64)
     t["ood_distance"].description = "mean distance to k nearest training spectra (features)"
+    if parts and all(p.ess is not None for p in parts):
+        t["ess"] = np.concatenate([p.ess for p in parts]).astype(np.float64)
+        t["ess"].description = "effective sample size of the user-prior importance weights"
     t["message"] = msg
     t["input_file"] = inp
     if parts:
         t.meta.update({k: _meta_value(v) for k, v in parts[0].attrs.items()
                        if k in ("run_dir", "model_hash", "seed", "n_samples", "ood_threshold",
-                                "ood_k", "cvae_pms_version")})
+                                "ood_k", "cvae_pms_version", "prior", "luminosity",
+                                "parallax_zero_point_mas", "min_parallax_over_error")})
     return t
 
 

@@ -203,8 +203,31 @@ def _forward(theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return sed_to_coefficients(sed_flux(theta, wl, FORWARD_DISTANCE_PC), wl)
 
 
-def _grid_rows(grid, rows: str, n: int | None, rng: np.random.Generator, split_seed: int) -> np.ndarray:
-    if rows == "test":
+def run_test_rows(run_dir: str | os.PathLike, grid) -> np.ndarray:
+    """Held-out test rows of a trained model dir (``RUN/split.npz``), checked against ``grid``.
+
+    Raises SimulateError when the run was trained on another grid (content hash differs).
+    """
+    import json
+
+    run_dir = Path(run_dir)
+    split, info = run_dir / "split.npz", run_dir / "grid.json"
+    if not split.is_file():
+        raise SimulateError(f"{run_dir}: no split.npz (not a cvae-pms model dir?)")
+    if info.is_file():
+        trained_on = json.loads(info.read_text()).get("content_hash")
+        if trained_on and trained_on != grid.content_hash:
+            raise SimulateError(f"{run_dir} was trained on grid {trained_on[:12]}..., but "
+                                f"{grid.path} has content hash {grid.content_hash[:12]}...")
+    with np.load(split) as f:
+        return np.asarray(f["test"], dtype=np.int64)
+
+
+def _grid_rows(grid, rows: str, n: int | None, rng: np.random.Generator, split_seed: int,
+               run_dir: str | os.PathLike | None = None) -> np.ndarray:
+    if run_dir is not None:
+        pool = run_test_rows(run_dir, grid)
+    elif rows == "test":
         from cvae_pms.train import DEFAULT_CONFIG, split_indices
 
         t = DEFAULT_CONFIG["training"]
@@ -240,7 +263,8 @@ def simulate(out: str | os.PathLike, g_range: tuple[float, float], transit_range
              seed: int = 0, grid_path: str | os.PathLike | None = None, n: int | None = None,
              rows: str = "test", params_path: str | os.PathLike | None = None,
              parallax_error_frac: float = 0.05, split_seed: int = 1,
-             noise_model: NoiseModel | None = None, model_error: bool = True) -> SimulateReport:
+             noise_model: NoiseModel | None = None, model_error: bool = True,
+             run_dir: str | os.PathLike | None = None) -> SimulateReport:
     """Simulate observations: write ``out`` (.csv/.ecsv), ``<stem>_truth.csv`` and the settings
     ``<stem>_simulate.json``.
 
@@ -251,6 +275,8 @@ def simulate(out: str | os.PathLike, g_range: tuple[float, float], transit_range
         seed: seed of row choice, G, transits, noise and parallax noise.
         grid_path / n / rows: take rows of a grid (n random rows of ``rows``: ``test`` = the
             training test split for training seed ``split_seed``, or ``all``).
+        run_dir: a trained model dir: take the rows from its own held-out test split
+            (``RUN/split.npz``; overrides ``rows``/``split_seed``).
         params_path: or a CSV/ECSV parameter table run through the forward model at 10 pc.
         parallax_error_frac: fractional parallax error.
         noise_model: XP noise constants (default the shipped fit).
@@ -276,7 +302,7 @@ def simulate(out: str | os.PathLike, g_range: tuple[float, float], transit_range
     if grid_path is not None:
         try:
             with open_grid(grid_path) as grid:
-                idx = _grid_rows(grid, rows, n, rng, split_seed)
+                idx = _grid_rows(grid, rows, n, rng, split_seed, run_dir)
                 if idx.size == 0:
                     raise SimulateError(f"{grid_path}: no rows to simulate ({rows})")
                 theta, bp, rp = grid.read(idx)
@@ -331,6 +357,7 @@ def simulate(out: str | os.PathLike, g_range: tuple[float, float], transit_range
                 "seed": int(seed), "g_mag_range": [float(v) for v in g_range],
                 "transit_range": [int(v) for v in transit_range],
                 "grid": None if grid_path is None else str(grid_path), "rows": rows,
+                "run": None if run_dir is None else str(run_dir),
                 "split_seed": int(split_seed),
                 "params": None if params_path is None else str(params_path),
                 "parallax_error_frac": float(parallax_error_frac), "with_parallax": with_parallax,

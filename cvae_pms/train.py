@@ -41,6 +41,10 @@ DEFAULT_CONFIG: dict = {
         "jit_compile": False, "checkpoints_kept": 2, "noise_copies": 1,
     },
     "noise": {"g_min": 9.0, "g_max": 17.65, "transits_min": 15, "transits_max": 80},
+    # Luminosity channel (parallax + flux level, see cvae_pms.astrometry); off = spectrum-only.
+    "luminosity": {"enabled": False, "frac_error_min": 0.01, "frac_error_max": 0.3,
+                   "drop_fraction": 0.2, "min_parallax_over_error": 5.0,
+                   "zero_point_mas": 0.0},
 }
 #: Keys that may differ between the stored config and a ``--resume`` call.
 RESUMABLE_KEYS = ("training.epochs", "training.early_stopping_patience")
@@ -160,17 +164,19 @@ class TrainingNoise:
         flux variance, ~90 % of the cost, are computed once per row.
         """
         tf = self.tf
-        from cvae_pms.xp.noise import tf_coefficient_covariance
+        from cvae_pms.xp.noise import (tf_covariance_from_cholesky, tf_draw_from_cholesky,
+                                       tf_information_cholesky)
         s = tf.pow(10.0, -0.4 * (tf.cast(g, tf.float32) - tf.cast(g0, tf.float32)))[:, None]
         bp, rp = tf.cast(bp0, tf.float32) * s, tf.cast(rp0, tf.float32) * s
         seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 3)
-        bp_cov, rp_cov = tf_coefficient_covariance(bp, rp, n_transits, self.model)
+        # One float64 Cholesky of each Fisher matrix: draws L_F^{-T} z, covariance (L_F L_F^T)^-1.
+        chols = tf_information_cholesky(bp, rp, n_transits, self.model)
+        bp_cov, rp_cov = (tf_covariance_from_cholesky(ch) for ch in chols)
         obs = []
-        for k, (c, cov) in enumerate(((bp, bp_cov), (rp, rp_cov))):
-            chol = tf.linalg.cholesky(cov)                               # float64, L L^T = Cov
+        for k, (c, chol) in enumerate(zip((bp, rp), chols)):
             z = tf.random.stateless_normal(tf.concat([tf.shape(c)[:1], [copies, 55]], 0),
                                            seed=seeds[k], dtype=tf.float64)
-            noise = tf.einsum("nij,nkj->nki", chol, z)                     # (n, copies, 55)
+            noise = tf_draw_from_cholesky(chol, z)                        # (n, copies, 55)
             obs.append(tf.reshape(tf.cast(c, tf.float64)[:, None] + noise, [-1, 55]))
         flux, unit = self.feat.scaled_flux(obs[0], obs[1])
         z = tf.random.stateless_normal(tf.shape(flux), seed=seeds[2]) @ self.me_chol_t
@@ -185,8 +191,9 @@ class TrainingNoise:
         var = tf.repeat(var_rows, copies, axis=0) * ratio + self.feat.model_error_variance(flux)
         return self.feat.from_flux(flux, var, unit, standardise)
 
-    def observe(self, bp0, rp0, g0, seed, standardise: bool = True, copies: int = 1):
-        """:meth:`observe_at` with G and transits drawn per row."""
+    def observe(self, bp0, rp0, g0, seed, standardise: bool = True, copies: int = 1,
+                return_g: bool = False):
+        """:meth:`observe_at` with G and transits drawn per row (``return_g``: also G (n,))."""
         tf = self.tf
         c = self.cfg
         seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 3)
@@ -194,7 +201,54 @@ class TrainingNoise:
         g = tf.random.stateless_uniform(n, seeds[0], c["g_min"], c["g_max"])
         nt = tf.floor(tf.random.stateless_uniform(n, seeds[1], float(c["transits_min"]),
                                                   float(c["transits_max"]) + 1.0))
-        return self.observe_at(bp0, rp0, g0, g, nt, seeds[2], standardise, copies)
+        out = self.observe_at(bp0, rp0, g0, g, nt, seeds[2], standardise, copies)
+        return (*out, g) if return_g else out
+
+
+class TrainingLuminosity:
+    """The training draw of the luminosity channel (``[luminosity]`` config, grid ``d_ref``).
+
+    ``inputs`` turns the noisy log10 norm of a draw of :meth:`TrainingNoise.observe` and the
+    G it was scaled to into the 3 luminosity inputs, with a parallax drawn by
+    :func:`cvae_pms.astrometry.tf_draw_parallax` and the channel computed exactly as at
+    inference (:func:`cvae_pms.astrometry.tf_luminosity_channel`).
+    """
+
+    def __init__(self, featuriser, lum_cfg: dict, reference_distance_pc: float):
+        self.feat = featuriser
+        self.cfg = dict(lum_cfg)
+        self.d_ref = float(reference_distance_pc)
+
+    def raw(self, log10_norm, g0, g, seed, copies: int = 1):
+        """(value, error, present) (n copies,) of rows scaled from ``g0`` to ``g`` (n,)."""
+        import tensorflow as tf
+        from cvae_pms.astrometry import tf_draw_parallax, tf_luminosity_channel
+        c = self.cfg
+        plx, err = tf_draw_parallax(tf.repeat(g0, copies, axis=0), tf.repeat(g, copies, axis=0),
+                                    self.d_ref, (c["frac_error_min"], c["frac_error_max"]),
+                                    c["drop_fraction"], seed)
+        return tf_luminosity_channel(log10_norm, plx, err, c["min_parallax_over_error"])
+
+    def inputs(self, log10_norm, g0, g, seed, copies: int = 1):
+        """The 3 standardised luminosity inputs (n copies, 3)."""
+        return self.feat.luminosity_inputs(*self.raw(log10_norm, g0, g, seed, copies))
+
+
+def check_luminosity_config(lum_cfg: dict, reference_distance_pc: float | None,
+                            grid_path) -> None:
+    """Refuse ``luminosity.enabled`` on a grid without absolute fluxes, or bad ranges."""
+    if not lum_cfg["enabled"]:
+        return
+    if reference_distance_pc is None or not reference_distance_pc > 0:
+        raise TrainingError(
+            f"{grid_path}: luminosity.enabled = true needs a grid with absolute fluxes "
+            f"(reference_distance_pc in the grid metadata), this grid has "
+            f"{reference_distance_pc!r} (normalised fluxes): train a spectrum-only model "
+            f"(luminosity.enabled = false)")
+    lo, hi = lum_cfg["frac_error_min"], lum_cfg["frac_error_max"]
+    if not (0 < lo <= hi) or not (0 <= lum_cfg["drop_fraction"] < 1):
+        raise TrainingError(f"luminosity config: need 0 < frac_error_min <= frac_error_max "
+                            f"and 0 <= drop_fraction < 1, got {lum_cfg}")
 
 
 # ------------------------------------------------------------------------------ data
@@ -358,6 +412,7 @@ def train(grid_path: str | Path, config: str | Path, out: str | Path, *, resume:
         if not (run / "config.json").is_file():
             raise TrainingError(f"{run}: nothing to resume (no config.json); start without --resume")
         stored = json.loads((run / "config.json").read_text())
+        stored.setdefault("luminosity", dict(DEFAULT_CONFIG["luminosity"]))  # older run dirs
         _check_resume_config(stored, cfg, run)
         stored_flat = _flatten(cfg)
         for key in RESUMABLE_KEYS:
@@ -393,6 +448,7 @@ def train(grid_path: str | Path, config: str | Path, out: str | Path, *, resume:
             rows = read_grid_rows(grid)
             grid_info = {"path": str(Path(grid_path).resolve()), "content_hash": grid.content_hash,
                          "n": grid.n, "meta": grid.meta}
+            d_ref = grid.reference_distance_pc
     except GridError as exc:
         raise TrainingError(str(exc)) from exc
     if resume:
@@ -403,6 +459,8 @@ def train(grid_path: str | Path, config: str | Path, out: str | Path, *, resume:
             split = {k: f[k] for k in f.files}
     else:
         split = split_indices(len(rows), seed, tcfg["val_fraction"], tcfg["test_fraction"])
+    lcfg = cfg["luminosity"]
+    check_luminosity_config(lcfg, d_ref, grid_path)
     train_rows = rows.take(split["train"])
     val_rows = rows.take(split["val"][:tcfg["val_max_rows"]])
     noise_model = noise_model or NoiseModel.default()
@@ -423,26 +481,48 @@ def train(grid_path: str | Path, config: str | Path, out: str | Path, *, resume:
         spec = FeatureSpec.load(run)
         feat = Featuriser(spec)
     else:
-        spec = FeatureSpec(model_error_frac=np.full(343, noise_model.model_error_fraction))
+        spec = FeatureSpec(model_error_frac=np.full(343, noise_model.model_error_fraction),
+                           luminosity=bool(lcfg["enabled"]))
         feat = Featuriser(spec)
     noise = TrainingNoise(feat, noise_model, ncfg)
+    lum = TrainingLuminosity(feat, lcfg, d_ref) if lcfg["enabled"] else None
     if not resume:
         k = min(len(train_rows), tcfg["standardisation_rows"])
-        raw = []
+        raw, raw_lum = [], []
         for i in range(0, k, 1024):
             sl = slice(i, min(i + 1024, k))
-            y, _ = noise.observe(train_rows.bp[sl], train_rows.rp[sl], train_rows.g[sl],
-                                 tf.constant([seed, 2**31 - 2 - i], tf.int64), standardise=False)
+            s_i = tf.constant([seed, 2**31 - 2 - i], tf.int64)
+            y, lg, g = noise.observe(train_rows.bp[sl], train_rows.rp[sl], train_rows.g[sl],
+                                     s_i, standardise=False, return_g=True)
             raw.append(y.numpy())
+            if lum is not None:
+                value, error, present = lum.raw(lg, train_rows.g[sl], g,
+                                                tf.random.experimental.stateless_fold_in(s_i, 7))
+                raw_lum.append(np.stack([value.numpy(), error.numpy()], 1)[present.numpy()])
         raw = np.concatenate(raw)
         if not np.isfinite(raw).all():
             raise TrainingError(f"{grid_path}: non-finite features from training rows "
                                 f"(bad coefficients?)")
-        feat.set_standardisation(raw.mean(0), raw.std(0))
-    val_y = np.concatenate([
-        noise.observe(val_rows.bp[i:i + 1024], val_rows.rp[i:i + 1024], val_rows.g[i:i + 1024],
-                      tf.constant([seed, 2**31 - 3 - i], tf.int64))[0].numpy()
-        for i in range(0, len(val_rows), 1024)])
+        mean, std = raw.mean(0), raw.std(0)
+        if lum is not None:
+            raw_lum = np.concatenate(raw_lum)
+            if len(raw_lum) < 2:
+                raise TrainingError(f"{grid_path}: no usable simulated parallax in "
+                                    f"{k} standardisation rows (luminosity config {lcfg})")
+            mean = np.concatenate([mean, raw_lum.mean(0), [0.0]])
+            std = np.concatenate([std, raw_lum.std(0), [1.0]])
+        feat.set_standardisation(mean, std)
+    def _val_block(i: int) -> np.ndarray:
+        s_i = tf.constant([seed, 2**31 - 3 - i], tf.int64)
+        sl = slice(i, i + 1024)
+        y, lg, g = noise.observe(val_rows.bp[sl], val_rows.rp[sl], val_rows.g[sl], s_i,
+                                 return_g=True)
+        if lum is not None:
+            y = tf.concat([y, lum.inputs(lg, val_rows.g[sl], g,
+                                         tf.random.experimental.stateless_fold_in(s_i, 7))], 1)
+        return y.numpy()
+
+    val_y = np.concatenate([_val_block(i) for i in range(0, len(val_rows), 1024)])
 
     with strategy.scope():
         net_cfg = NetworkConfig.from_dict({**cfg["model"], "y_dim": spec.y_dim,
@@ -485,7 +565,10 @@ def train(grid_path: str | Path, config: str | Path, out: str | Path, *, resume:
         rid = tf.distribute.get_replica_context().replica_id_in_sync_group
         s = tf.random.experimental.stateless_fold_in(seed_t, tf.cast(rid, tf.int64))
         s_noise, s_z = tf.unstack(tf.random.experimental.stateless_split(s, 2))
-        y, _ = noise.observe(bp0, rp0, g0, s_noise, copies=copies)
+        y, lg, g = noise.observe(bp0, rp0, g0, s_noise, copies=copies, return_g=True)
+        if lum is not None:
+            y = tf.concat([y, lum.inputs(lg, g0, g, tf.random.experimental.stateless_fold_in(
+                s_noise, 7), copies)], axis=1)
         x = tf.repeat(x, copies, axis=0)
         with tf.GradientTape() as tape:
             h_loss, kl, prior_fit = cvae_terms(net, y, x, s_z, t_low, t_high,

@@ -163,3 +163,40 @@ def test_noise_model_file_round_trip(tmp_path):
         nz.NoiseModel.from_file(path)
     with pytest.raises(nz.NoiseModelError, match="row 1"):
         nz.coefficient_covariance(np.ones((2, 55)), np.ones((2, 55)), [40, 0])
+
+
+@pytest.mark.parametrize("rho", [0.0, 0.54])
+def test_fisher_matrix_product_equals_whitened_bases(rho):
+    """The one-GEMM Fisher matrix equals B B^T of the AR(1)-whitened bases (written out here)."""
+    model = nz.NoiseModel.from_dict({**nz.NoiseModel.default().to_dict(),
+                                     "sample_correlation": [rho, rho]})
+    bp, _ = _star(1.0)
+    c = bp * np.array([1e-2, 1e-5, 1e-7])[:, None]
+    nt = np.array([15.0, 40.0, 80.0])
+    got = nz._tf_band_information(tf.constant(c), tf.constant(nt), "bp", 0, model).numpy()
+    phi = nz.sample_bases("bp", model.n_dither)
+    t, nd = model.exposure_s, model.n_dither
+    n_u = np.maximum(c @ phi, 0.0)
+    var = (n_u * t + model.background_e_s[0] * t + model.read_noise_e**2
+           + (model.floor_fraction[0] * n_u * t) ** 2) / t**2
+    for i in range(len(c)):
+        a = phi / np.sqrt(var[i]) * np.sqrt(nt[i] / nd)
+        b = np.concatenate([a[:, :nd], (a[:, nd:] - rho * a[:, :-nd]) / np.sqrt(1 - rho**2)], 1)
+        want = b @ b.T
+        np.testing.assert_allclose(got[i], want, rtol=1e-10, atol=1e-12 * np.abs(want).max())
+        np.testing.assert_array_equal(got[i], got[i].T)
+
+
+def test_covariance_and_draws_from_the_fisher_cholesky():
+    bp, rp = _star(1e-4)
+    chol_bp, _ = nz.tf_information_cholesky(bp, rp, 30)
+    fisher = (chol_bp @ tf.linalg.matrix_transpose(chol_bp)).numpy()[0]
+    cov = nz.tf_covariance_from_cholesky(chol_bp).numpy()[0]
+    np.testing.assert_allclose(cov @ fisher, np.eye(55), atol=1e-8)
+    np.testing.assert_allclose(cov, cov.T, rtol=0, atol=1e-14 * np.abs(cov).max())
+    z = tf.random.stateless_normal([1, 8000, 55], seed=[1, 2], dtype=tf.float64)
+    x = nz.tf_draw_from_cholesky(chol_bp, z).numpy()[0]
+    white = np.linalg.solve(np.linalg.cholesky(cov), x.T).T
+    sample = np.cov(white, rowvar=False)
+    assert np.abs(np.diag(sample) - 1).max() < 0.08
+    assert np.abs(sample - np.diag(np.diag(sample))).max() < 0.06

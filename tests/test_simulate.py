@@ -171,3 +171,26 @@ def test_simulate_observations_function():
     np.testing.assert_allclose(obs.flux_factor[0] / obs.flux_factor[1], 10 ** (0.4 * 5.0), rtol=1e-10)
     with pytest.raises(SimulateError, match="row 0"):
         simulate_observations(np.zeros((3, 55)), np.zeros((3, 55)), 15.0, 40, rng)
+
+
+def test_rows_from_a_run_split(tmp_path, grid):
+    """--run takes the model dir's own test rows, and refuses a run made on another grid."""
+    import json
+
+    with open_grid(grid) as g:
+        n_rows, grid_hash = g.n, g.content_hash
+    run = tmp_path / "run"
+    run.mkdir()
+    test_rows = np.array([3, 7, 11, 19])
+    np.savez(run / "split.npz", train=np.arange(20, n_rows), val=np.array([0, 1]), test=test_rows)
+    (run / "grid.json").write_text(json.dumps({"content_hash": grid_hash}))
+    res = CliRunner().invoke(main, ["simulate", "--grid", str(grid), "--run", str(run),
+                                    "--g-mag", "15", "--out", str(tmp_path / "o.csv")])
+    assert res.exit_code == 0, res.output
+    truth = Table.read(tmp_path / "o_truth.csv")
+    assert sorted(truth["grid_row"].tolist()) == test_rows.tolist()
+    (run / "grid.json").write_text(json.dumps({"content_hash": "0" * 64}))
+    res = CliRunner().invoke(main, ["simulate", "--grid", str(grid), "--run", str(run),
+                                    "--g-mag", "15", "--out", str(tmp_path / "p.csv")])
+    assert res.exit_code == 1 and "was trained on grid" in res.output
+    assert not (tmp_path / "p.csv").exists()

@@ -31,9 +31,24 @@ def _sigterm_to_exit(signum, frame) -> None:
 @click.option("--dask", "dask_spec", default=None,
               help="local:N (LocalCluster, N workers) or a scheduler address tcp://host:port.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--astrometry", type=click.Path(path_type=Path), default=None,
+              help="Table (CSV/ECSV/FITS/VOTable) with source_id, parallax, parallax_error [mas], "
+                   "joined on source_id; else the inputs' parallax columns are used.")
+@click.option("--parallax-zero-point", type=float, default=None,
+              help="[mas] ADDED to every parallax (DR3: +0.017); default: the model's "
+                   "luminosity.zero_point_mas.")
+@click.option("--min-parallax-over-error", type=float, default=5.0, show_default=True,
+              help="Below this parallax/error a source gets the spectrum-only posterior.")
+@click.option("--prior", "prior", type=click.Path(path_type=Path), default=None,
+              help="User prior (TOML, see cvae_pms.priors): samples are importance-reweighted "
+                   "and resampled; 'ess' per source, flag low_ess.")
+@click.option("--keep-raw", is_flag=True,
+              help="With --prior: also keep the samples under the training prior (samples_raw).")
 def infer(run: Path, inputs: tuple[Path, ...], out: Path, samples: int, summary: Path | None,
           batch: int, seed: int, plots: Path | None, max_plots: int, truth: Path | None,
-          resume: bool, dask_spec: str | None, quiet: bool) -> None:
+          resume: bool, dask_spec: str | None, quiet: bool, astrometry: Path | None,
+          parallax_zero_point: float | None, min_parallax_over_error: float,
+          prior: Path | None, keep_raw: bool) -> None:
     """Draw posterior samples for every source in the XP files INPUTS with the model RUN.
 
     Writes OUT (samples, status flags, messages per source) and optionally a summary
@@ -49,6 +64,13 @@ def infer(run: Path, inputs: tuple[Path, ...], out: Path, samples: int, summary:
     command_line = ["cvae-pms", "infer", *sys.argv[2:]] if len(sys.argv) > 1 else ["cvae-pms"]
     errors = (InferError, OODError, PosteriorFileError, TruthTableError)
     if dask_spec is not None:
+        used = [name for name, v in (("--astrometry", astrometry), ("--prior", prior),
+                                     ("--parallax-zero-point", parallax_zero_point))
+                if v is not None] + (["--keep-raw"] if keep_raw else []) + (
+            ["--min-parallax-over-error"] if min_parallax_over_error != 5.0 else [])
+        if used:
+            raise click.ClickException(f"{', '.join(used)} not supported with --dask yet; "
+                                       f"run without --dask")
         from cvae_pms.plots.corner_plots import plot_posterior_file
         from cvae_pms.scaleout import dask_client, infer_dask
 
@@ -74,7 +96,10 @@ def infer(run: Path, inputs: tuple[Path, ...], out: Path, samples: int, summary:
             res = run_infer(run, inputs, out, n_samples=samples, seed=seed, batch=batch,
                             summary=summary, resume=resume, plots=plots, max_plots=max_plots,
                             truth=truth, progress=not quiet, command_line=command_line,
-                            log=lambda s: click.echo(s, err=True))
+                            log=lambda s: click.echo(s, err=True), astrometry=astrometry,
+                            parallax_zero_point=parallax_zero_point,
+                            min_parallax_over_error=min_parallax_over_error, prior=prior,
+                            keep_raw=keep_raw)
         except errors as exc:
             raise click.ClickException(str(exc)) from exc
         except KeyboardInterrupt:
@@ -83,6 +108,12 @@ def infer(run: Path, inputs: tuple[Path, ...], out: Path, samples: int, summary:
         finally:
             signal.signal(signal.SIGTERM, previous)
         rate = res.n_sources / res.seconds if res.seconds > 0 else float("nan")
+        if res.n_no_parallax:
+            click.echo(f"{res.n_no_parallax} sources without a usable parallax: spectrum-only "
+                       f"(flag no_parallax)")
+        if res.n_low_ess:
+            click.echo(f"{res.n_low_ess} sources with a low effective sample size under the "
+                       f"prior (flag low_ess)")
         click.echo(f"{res.out}: {res.n_sources} sources ({res.n_failed} failed, {res.n_ood} OOD"
                    + (f", {res.n_skipped} already done" if res.n_skipped else "")
                    + f") in {res.seconds:.1f} s ({rate:.1f} sources/s)")

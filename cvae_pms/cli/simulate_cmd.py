@@ -13,6 +13,9 @@ import click
               help="Grid rows to draw from: the training test split, or all rows.")
 @click.option("--split-seed", type=int, default=1, show_default=True,
               help="Training seed that defines the test split (with --rows test).")
+@click.option("--run", "run_dir", type=click.Path(path_type=Path, file_okay=False),
+              help="Trained model dir: draw rows from its own held-out test split "
+                   "(RUN/split.npz; the grid hash is checked). Overrides --rows/--split-seed.")
 @click.option("--params", "params_path", type=click.Path(path_type=Path),
               help="CSV/ECSV table with the seven parameter columns (forward model at 10 pc).")
 @click.option("--g-mag", default="12:17", show_default=True, help="G magnitude, a value or LO:HI.")
@@ -27,7 +30,7 @@ import click
               help="Add the noise model's forward-model error (as in training) to the "
                    "coefficients; the written covariances never include it.")
 def simulate(grid_path: Path | None, n: int | None, rows: str, split_seed: int,
-             params_path: Path | None, g_mag: str, transits: str, out_path: Path, seed: int,
+             run_dir: Path | None, params_path: Path | None, g_mag: str, transits: str, out_path: Path, seed: int,
              parallax_error_frac: float, model_error: bool) -> None:
     """Write mock XP observations (noise from the XP noise model), a truth table and the
     settings (<stem>_simulate.json)."""
@@ -39,7 +42,8 @@ def simulate(grid_path: Path | None, n: int | None, rows: str, split_seed: int,
         t_range = parse_range(transits, "--transits", integer=True)
         report = run(out_path, g_range, t_range, seed=seed, grid_path=grid_path, n=n, rows=rows,
                      params_path=params_path, parallax_error_frac=parallax_error_frac,
-                     split_seed=split_seed, model_error=model_error)
+                     split_seed=split_seed, model_error=model_error,
+                     run_dir=run_dir)
     except SimulateError as exc:
         raise click.ClickException(str(exc)) from exc
     for line in report.lines():

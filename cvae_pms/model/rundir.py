@@ -112,8 +112,13 @@ class Run:
 
     def features(self, bp: np.ndarray, rp: np.ndarray, bp_cov: np.ndarray, rp_cov: np.ndarray
                  ) -> tuple[np.ndarray, np.ndarray]:
-        """Network input (n, 686) and log10 flux norm [W m^-2 nm^-1] (n,) of observations."""
-        return self.featuriser.numpy(bp, rp, bp_cov, rp_cov)
+        """Network input (n, y_dim) and log10 flux norm [W m^-2 nm^-1] (n,) of observations.
+
+        For a luminosity model the luminosity channel is marked missing (spectrum-only input);
+        :meth:`Featuriser.numpy_with_luminosity` adds parallaxes.
+        """
+        y, lg, _ = self.featuriser.numpy_with_luminosity(bp, rp, bp_cov, rp_cov)
+        return y, lg
 
     def sample(self, bp: np.ndarray, rp: np.ndarray, bp_cov: np.ndarray, rp_cov: np.ndarray,
                n_samples: int = 1000, seed: int = 0, batch: int = 64) -> np.ndarray:
@@ -126,7 +131,7 @@ class Run:
 
     def sample_features(self, y: np.ndarray, n_samples: int = 1000, seed: int = 0,
                         batch: int = 64) -> np.ndarray:
-        """:meth:`sample` from precomputed features ``y`` (n, 686)."""
+        """:meth:`sample` from precomputed features ``y`` (n, y_dim)."""
         from cvae_pms.model.sampler import PosteriorSampler
         key = (int(n_samples), int(batch))
         cache = self.__dict__.setdefault("_samplers", {})

@@ -163,34 +163,104 @@ def _tf_inputs(bp, rp, n_transits):
     return bp, rp, nt
 
 
+@functools.lru_cache(maxsize=8)
+def _fisher_basis(band: str, n_dither: int, rho: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Precomputed pieces of the Fisher matrix of one band as a single matrix product.
+
+    With s_p = sqrt(N / n_dither / Var_p) and whitened AR(1) bases (see
+    :func:`_tf_band_information`), ``Phi W Phi^T = sum_p alpha_p s_p^2 phi_p phi_p^T
+    + sum_{p >= nd} beta_p s_p s_{p-nd} (phi_p phi_{p-nd}^T + phi_{p-nd} phi_p^T)``, where
+    nd = n_dither (the same phase in the previous sample), alpha_p = [p < nd ? 1 : 1/(1-rho^2)]
+    + [p < P-nd ? rho^2/(1-rho^2) : 0] and beta_p = -rho/(1-rho^2).
+
+    Returns:
+        outer: (2P - nd, 1540) upper triangles of the outer products (phi_p phi_p^T first).
+        alpha: (P,) the alpha_p above.
+        full_index: (55, 55) index of each full-matrix entry in the upper triangle.
+    """
+    phi = sample_bases(band, n_dither)
+    nb, n_p = phi.shape
+    iu = np.triu_indices(nb)
+    same = phi[iu[0]] * phi[iu[1]]                                      # (1540, P)
+    cross = (phi[iu[0], n_dither:] * phi[iu[1], :-n_dither]
+             + phi[iu[1], n_dither:] * phi[iu[0], :-n_dither])          # (1540, P - nd)
+    outer = np.ascontiguousarray(np.concatenate([same, cross], axis=1).T)
+    p = np.arange(n_p)
+    alpha = (np.where(p < n_dither, 1.0, 1.0 / (1.0 - rho**2))
+             + np.where(p < n_p - n_dither, rho**2 / (1.0 - rho**2), 0.0))
+    full_index = np.zeros((nb, nb), dtype=np.int32)
+    full_index[iu] = np.arange(iu[0].size)
+    full_index = np.maximum(full_index, full_index.T)
+    for a in (outer, alpha, full_index):
+        a.setflags(write=False)
+    return outer, alpha, full_index
+
+
 def _tf_band_information(c, nt, band: str, k: int, model: NoiseModel):
     """Fisher matrix Phi W Phi^T (n, 55, 55) float64 of one band, with AR(1)-correlated samples.
 
     For each of the ``n_dither`` sub-pixel phases (N / n_dither transits each) the 60 samples of a
     transit have variances Var_u and correlation rho^|i-j|. Whitening the AR(1) noise turns the
-    bases scaled by 1/sqrt(Var_u) into b_0 = a_0, b_i = (a_i - rho a_{i-1}) / sqrt(1 - rho^2).
+    bases scaled by 1/sqrt(Var_u) into b_0 = a_0, b_i = (a_i - rho a_{i-1}) / sqrt(1 - rho^2);
+    ``sum_i b_i b_i^T`` is evaluated as one (n, 2P - nd) x (2P - nd, 1540) product with the
+    precomputed outer products of :func:`_fisher_basis` (2.5x faster than the batched
+    (55, P) x (P, 55) products on a CPU; equal to 1e-14 relative).
     """
     tf = _tf()
     t = model.exposure_s
     rho = float(model.sample_correlation[k])
-    phi = tf.constant(sample_bases(band, model.n_dither), tf.float64)  # (55, 60 * n_dither)
+    nd = model.n_dither
+    phi = tf.constant(sample_bases(band, nd), tf.float64)  # (55, 60 * n_dither)
+    outer, alpha, full_index = _fisher_basis(band, nd, rho)
     n_u = tf.nn.relu(tf.matmul(c, phi))  # (n, P) e-/s per sample
     var = (n_u * t + model.background_e_s[k] * t + model.read_noise_e**2
            + (model.floor_fraction[k] * n_u * t) ** 2) / t**2
-    a = phi[None, :, :] * tf.math.rsqrt(var)[:, None, :]  # (n, 55, P), P ordered (sample, phase)
+    s2 = (nt / nd)[:, None] / var                          # s_p^2, (n, P), P ordered (sample, phase)
+    weights = [s2 * tf.constant(alpha, tf.float64)]
     if rho > 0.0:
-        nd = model.n_dither
-        head, tail = a[:, :, :nd], (a[:, :, nd:] - rho * a[:, :, :-nd]) / np.sqrt(1.0 - rho**2)
-        a = tf.concat([head, tail], axis=2)
-    scale = tf.sqrt(nt / model.n_dither)[:, None, None]
-    a = a * scale
-    return tf.matmul(a, a, transpose_b=True)
+        s = tf.sqrt(s2)
+        weights.append((-rho / (1.0 - rho**2)) * s[:, nd:] * s[:, :-nd])
+    else:
+        outer = outer[:alpha.size]
+    upper = tf.matmul(tf.concat(weights, axis=1), tf.constant(outer, tf.float64))  # (n, 1540)
+    return tf.gather(upper, tf.constant(full_index), axis=1)
 
 
 def _tf_covariance(chol):
+    """Covariance ``(L L^T)^-1 = M^T M`` with ``M = L^-1`` (one triangular solve)."""
     tf = _tf()
     eye = tf.eye(tf.shape(chol)[-1], batch_shape=tf.shape(chol)[:1], dtype=tf.float64)
-    return tf.linalg.cholesky_solve(chol, eye)
+    inv = tf.linalg.triangular_solve(chol, eye, lower=True)
+    return tf.matmul(inv, inv, transpose_a=True)
+
+
+def tf_information_cholesky(bp, rp, n_transits, model: NoiseModel | None = None):
+    """TensorFlow: Cholesky factors ``L_F`` of the Fisher matrices (bp, rp), (n, 55, 55) float64.
+
+    ``c + L_F^{-T} z`` (:func:`tf_draw_from_cholesky`) is distributed as ``N(c, Cov(c))``, and
+    ``(L_F L_F^T)^-1`` is the coefficient covariance.
+    """
+    tf = _tf()
+    model = model or NoiseModel.default()
+    bp, rp, nt = _tf_inputs(bp, rp, n_transits)
+    return tuple(tf.linalg.cholesky(_tf_band_information(c, nt, band, k, model))
+                 for k, (band, c) in enumerate(zip(BANDS, (bp, rp))))
+
+
+def tf_covariance_from_cholesky(chol):
+    """TensorFlow: coefficient covariance (n, 55, 55) float64 from a Fisher Cholesky factor."""
+    return _tf_covariance(chol)
+
+
+def tf_draw_from_cholesky(chol, z):
+    """TensorFlow: noise ``L_F^{-T} z`` (n, k, 55) for standard-normal ``z`` (n, k, 55) float64.
+
+    Each of the k draws per row has covariance ``(L_F L_F^T)^-1``; one triangular solve with k
+    right-hand sides (no second Cholesky of the covariance).
+    """
+    tf = _tf()
+    x = tf.linalg.triangular_solve(chol, tf.transpose(z, [0, 2, 1]), lower=True, adjoint=True)
+    return tf.transpose(x, [0, 2, 1])
 
 
 def tf_coefficient_covariance(bp, rp, n_transits, model: NoiseModel | None = None):
@@ -201,11 +271,7 @@ def tf_coefficient_covariance(bp, rp, n_transits, model: NoiseModel | None = Non
         n_transits: (n,) or scalar number of transits.
         model: noise constants (default :meth:`NoiseModel.default`).
     """
-    tf = _tf()
-    model = model or NoiseModel.default()
-    bp, rp, nt = _tf_inputs(bp, rp, n_transits)
-    return tuple(_tf_covariance(tf.linalg.cholesky(_tf_band_information(c, nt, band, k, model)))
-                 for k, (band, c) in enumerate(zip(BANDS, (bp, rp))))
+    return tuple(_tf_covariance(chol) for chol in tf_information_cholesky(bp, rp, n_transits, model))
 
 
 def tf_draw_observation(bp, rp, n_transits, seed_or_generator, model: NoiseModel | None = None):

@@ -1,0 +1,247 @@
+"""Luminosity channel (parallax + flux level), its training draw, inference with parallaxes
+(bad ones included) and --prior wiring end to end."""
+from __future__ import annotations
+
+import json
+import math
+
+import h5py
+import numpy as np
+import pytest
+import tensorflow as tf
+from click.testing import CliRunner
+
+from cvae_pms import params
+from cvae_pms import posterior_file as pf
+from cvae_pms.astrometry import (AstrometryError, luminosity_channel, read_astrometry,
+                                 tf_draw_parallax, tf_luminosity_channel)
+from cvae_pms.cli import main
+from cvae_pms.features import N_FEATURES, FeatureSpec, Featuriser
+from cvae_pms.infer import InferError, cached_model, infer
+from cvae_pms.train import TrainingError, train
+
+import helpers_infer as h
+
+D_REF_PC = 10.0
+
+
+def _lum_grid(path, n=1000, seed=0):
+    """The stand-in grid with absolute fluxes at 10 pc (reference_distance_pc in the meta)."""
+    from cvae_pms.grid.gridfile import write_grid
+    from cvae_pms.xp.instrument import sed_to_coefficients
+    rng = np.random.default_rng(seed)
+    u = rng.uniform(size=(n, params.N_PARAMS))
+    u[:, 6] *= 0.3
+    theta = params.from_unit(u)
+    bp, rp = sed_to_coefficients(h.standin_sed(theta), h.WL_NM)
+    write_grid(path, theta, bp, rp, meta={"source": "test_luminosity stand-in",
+                                           "random_seed": seed,
+                                           "reference_distance_pc": D_REF_PC})
+    return path
+
+
+@pytest.fixture(scope="module")
+def lum_run(tmp_path_factory):
+    from cvae_pms.ood import build_ood_index
+    base = tmp_path_factory.mktemp("lum")
+    grid = _lum_grid(base / "grid.h5")
+    cfg = base / "tiny.toml"
+    cfg.write_text("[luminosity]\nenabled = true\n")
+    run = base / "run"
+    train(grid, cfg, run, overrides=h.TINY_OVERRIDES + ("training.epochs=3",),
+          noise_model=h.noise_model(), log=lambda s: None)
+    build_ood_index(run, n_ref=400, n_cal=100, k=10, seed=0)
+    return run
+
+
+# ------------------------------------------------------------------------------ channel
+def test_channel_equals_the_analytic_formula():
+    lg = np.array([-15.3, -15.3, -14.0, -14.0])
+    plx = np.array([100.0, 10.0, 2.0, 100.0 - 0.017])
+    err = np.array([1.0, 0.5, 0.1, 1.0])
+    value, error, present = luminosity_channel(lg, plx, err, zero_point_mas=0.0)
+    assert present[:3].all()
+    assert value[0] == pytest.approx(-15.3)            # 10 pc: the observed level itself
+    assert value[1] == pytest.approx(-15.3 + 2.0)      # 100 pc: 100x brighter at 10 pc
+    assert value[2] == pytest.approx(-14.0 + 2 * math.log10(50.0))
+    assert error[1] == pytest.approx(2 / math.log(10) * 0.05)
+    # zero point is added: 99.983 + 0.017 = 100 mas
+    v_zp, _, _ = luminosity_channel(lg[3:], plx[3:], err[3:], zero_point_mas=0.017)
+    assert v_zp[0] == pytest.approx(-14.0)
+    v_tf, e_tf, p_tf = tf_luminosity_channel(lg, plx, err, 5.0)
+    np.testing.assert_allclose(v_tf.numpy(), value, atol=1e-5)
+    np.testing.assert_allclose(e_tf.numpy(), error, rtol=1e-5)
+    assert (p_tf.numpy() == present).all()
+
+
+def test_bad_parallaxes_are_missing_with_zero_inputs():
+    lg = np.full(6, -15.0)
+    plx = np.array([-1.0, 0.0, np.nan, 1.0, 1.0, 1.0])
+    err = np.array([0.1, 0.1, 0.1, 0.3, np.nan, 0.0])      # 1/0.3 < 5: low S/N
+    value, error, present = luminosity_channel(lg, plx, err)
+    assert not present.any()
+    assert (value == 0).all() and (error == 0).all()
+    spec = FeatureSpec(model_error_frac=np.full(343, 0.005), luminosity=True)
+    assert spec.y_dim == N_FEATURES + 3
+    feat = Featuriser(spec)
+    mean, std = np.zeros(spec.y_dim), np.ones(spec.y_dim)
+    mean[N_FEATURES], std[N_FEATURES] = -16.0, 2.0
+    feat.set_standardisation(mean, std)
+    out = feat.luminosity_inputs(tf.constant([-15.0, -15.0]), tf.constant([0.1, 0.0]),
+                                 tf.constant([True, False])).numpy()
+    np.testing.assert_allclose(out, [[0.5, 0.1, 1.0], [0.0, 0.0, 0.0]], atol=1e-6)
+
+
+def test_training_parallax_draw():
+    n = 20000
+    g0, g = np.full(n, 5.0, np.float32), np.full(n, 10.0, np.float32)   # 5 mag fainter: 100 pc
+    plx, err = tf_draw_parallax(g0, g, D_REF_PC, (0.01, 0.3), 0.2, tf.constant([3, 4], tf.int64))
+    plx, err = plx.numpy(), err.numpy()
+    kept = np.isfinite(plx)
+    assert abs(kept.mean() - 0.8) < 0.02
+    frac = err[kept] / 10.0
+    assert frac.min() >= 0.0099 and frac.max() <= 0.301
+    assert abs(np.median(np.log(frac)) - 0.5 * (math.log(0.01) + math.log(0.3))) < 0.05
+    pulls = (plx[kept] - 10.0) / err[kept]
+    assert abs(pulls.mean()) < 0.05 and abs(pulls.std() - 1.0) < 0.05
+
+
+def test_old_feature_spec_loads_as_spectrum_only(tmp_path):
+    spec = FeatureSpec(model_error_frac=np.full(343, 0.005))
+    spec.save(tmp_path)
+    meta = json.loads((tmp_path / "features.json").read_text())
+    del meta["luminosity"]                                   # as written before the channel
+    (tmp_path / "features.json").write_text(json.dumps(meta))
+    loaded = FeatureSpec.load(tmp_path)
+    assert not loaded.luminosity and loaded.y_dim == N_FEATURES
+
+
+def test_normalised_grid_refuses_luminosity(tmp_path):
+    grid = h.make_grid(tmp_path / "grid.h5", n=300)          # no reference_distance_pc
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[luminosity]\nenabled = true\n")
+    with pytest.raises(TrainingError, match="reference_distance_pc"):
+        train(grid, cfg, tmp_path / "run", overrides=h.TINY_OVERRIDES, log=lambda s: None)
+
+
+def test_astrometry_table_errors(tmp_path):
+    p = tmp_path / "a.csv"
+    p.write_text("source_id,parallax\n1,2.0\n")
+    with pytest.raises(AstrometryError, match="parallax_error"):
+        read_astrometry(p)
+    p.write_text("source_id,parallax,parallax_error\n1,2.0,0.1\n1,3.0,0.1\n")
+    with pytest.raises(AstrometryError, match="source_id 1 appears more than once"):
+        read_astrometry(p)
+    with pytest.raises(AstrometryError, match="not found"):
+        read_astrometry(tmp_path / "none.csv")
+
+
+# ------------------------------------------------------------------------------ train + infer
+def test_run_dir_records_the_channel(lum_run):
+    cfg = json.loads((lum_run / "config.json").read_text())
+    assert cfg["luminosity"]["enabled"] is True
+    assert json.loads((lum_run / "features.json").read_text())["luminosity"] is True
+    assert json.loads((lum_run / "network.json").read_text())["y_dim"] == N_FEATURES + 3
+    assert json.loads((lum_run / "grid.json").read_text())["meta"]["reference_distance_pc"] == 10
+
+
+def _obs_with_parallax(tmp_path, n=6):
+    """Archive CSV of n stand-in stars with parallax columns: good, negative, NaN, low S/N ..."""
+    from cvae_pms.xp.archive import read_xp, write_xp_table
+    path = h.write_observations(tmp_path / "obs.csv", h_theta(n), np.full(n, 13.0), seed=2)
+    b = read_xp(path)
+    plx = np.array([20.0, -3.0, np.nan, 20.0, 20.0, 15.0])[:n]
+    err = np.array([0.5, 0.5, 0.5, 10.0, 0.5, 0.4])[:n]
+    write_xp_table(path, {"source_id": b.source_id, "bp_coefficients": b.bp_coefficients,
+                          "rp_coefficients": b.rp_coefficients, "bp_covariance": b.bp_covariance,
+                          "rp_covariance": b.rp_covariance,
+                          "extra": {"parallax": plx, "parallax_error": err}})
+    return path
+
+
+def h_theta(n, seed=1):
+    u = np.random.default_rng(seed).uniform(0.15, 0.85, (n, 7))
+    u[:, 6] *= 0.3
+    return params.from_unit(u)
+
+
+def test_infer_bad_parallaxes_flagged_never_a_crash(tmp_path, lum_run):
+    obs = _obs_with_parallax(tmp_path)
+    model = cached_model(str(lum_run))
+    # astrometry table: replaces source 5's parallax by a negative one, lacks the others
+    table = tmp_path / "astro.ecsv"
+    from astropy.table import Table
+    Table({"source_id": [5, 999], "parallax": [-1.0, 3.0],
+           "parallax_error": [0.1, 0.1]}).write(table, format="ascii.ecsv")
+    res = infer(lum_run, [obs], tmp_path / "p.h5", n_samples=50, progress=False, model=model,
+                astrometry=table)
+    post = pf.read_posterior(res.out)
+    no_plx = (post.status & pf.FLAG_NO_PARALLAX) > 0
+    # 1 good, 2 negative, 3 NaN, 4 low S/N, 5 negative from the table, 6 good
+    assert no_plx.tolist() == [False, True, True, True, True, False]
+    assert np.isfinite(post.samples).all()                  # every source still has samples
+    assert (post.status & pf.FLAG_FAILED).sum() == 0
+    assert res.n_no_parallax == 4
+    with h5py.File(res.out) as f:
+        assert int(f.attrs["luminosity"]) == 1 and f.attrs["astrometry"].endswith("astro.ecsv")
+    # the missing-parallax posterior is the spectrum-only one: same as giving no parallax at all
+    y_no, _, _ = model.run.featuriser.numpy_with_luminosity(
+        *_coeffs(obs), parallax_mas=None)
+    from cvae_pms.infer import sample_sources
+    s_no = sample_sources(model, y_no, post.source_id, 50, 0)
+    np.testing.assert_array_equal(s_no[no_plx], post.samples[no_plx])
+    assert not np.array_equal(s_no[0], post.samples[0])     # the channel changes a good one
+
+
+def _coeffs(path):
+    from cvae_pms.xp.archive import read_xp
+    b = read_xp(path)
+    return b.bp_coefficients, b.rp_coefficients, b.bp_covariance, b.rp_covariance
+
+
+def test_spectrum_only_model_ignores_parallaxes(tmp_path_factory, tmp_path):
+    run = h.shared_run(tmp_path_factory)
+    model = cached_model(str(run))
+    with_plx = _obs_with_parallax(tmp_path)
+    plain = h.write_observations(tmp_path / "plain.csv", h_theta(6), np.full(6, 13.0), seed=2)
+    logs = []
+    a = infer(run, [with_plx], tmp_path / "a.h5", n_samples=40, progress=False, model=model,
+              log=logs.append)
+    b = infer(run, [plain], tmp_path / "b.h5", n_samples=40, progress=False, model=model)
+    pa, pb = pf.read_posterior(a.out), pf.read_posterior(b.out)
+    np.testing.assert_array_equal(pa.samples, pb.samples)
+    assert not ((pa.status & pf.FLAG_NO_PARALLAX) > 0).any()
+    assert sum("parallaxes are ignored" in m for m in logs) == 1
+
+
+def test_prior_end_to_end_cli(tmp_path, lum_run):
+    obs = _obs_with_parallax(tmp_path)
+    prior = tmp_path / "prior.toml"
+    prior.write_text('name = "narrow teff"\n[[factor]]\ntype = "normal"\nparam = "teff"\n'
+                     'mean = 4000.0\nsigma = 30.0\n[settings]\ness_min_fraction = 0.5\n')
+    out = tmp_path / "p.h5"
+    r = CliRunner().invoke(main, ["infer", str(lum_run), str(obs), "--out", str(out),
+                                  "--samples", "64", "--quiet", "--prior", str(prior),
+                                  "--keep-raw", "--summary", str(tmp_path / "s.ecsv")])
+    assert r.exit_code == 0, r.output
+    post = pf.read_posterior(out)
+    assert post.samples.shape == (6, 64, 7) and post.samples_raw.shape == (6, 64, 7)
+    assert post.ess.shape == (6,) and (post.ess >= 1).all() and (post.ess <= 64).all()
+    assert ((post.status & pf.FLAG_LOW_ESS) > 0).tolist() == (post.ess < 32).tolist()
+    # resampled samples are raw samples of the same source
+    for i in range(6):
+        raw = {tuple(v) for v in post.samples_raw[i]}
+        assert all(tuple(v) in raw for v in post.samples[i])
+    with h5py.File(out) as f:
+        assert json.loads(f.attrs["prior"])["name"] == "narrow teff"
+    summary = pf.read_summary(tmp_path / "s.ecsv")
+    assert "ess" in summary.colnames
+    # resume with a different prior is refused
+    prior2 = tmp_path / "prior2.toml"
+    prior2.write_text(prior.read_text().replace("30.0", "60.0"))
+    r2 = CliRunner().invoke(main, ["infer", str(lum_run), str(obs), "--out", str(out),
+                                   "--samples", "64", "--quiet", "--prior", str(prior2),
+                                   "--keep-raw", "--resume"])
+    assert r2.exit_code == 1 and "prior" in r2.output
+    with pytest.raises(InferError, match="--keep-raw"):
+        infer(lum_run, [obs], tmp_path / "q.h5", keep_raw=True, progress=False)
