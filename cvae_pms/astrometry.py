@@ -4,8 +4,9 @@ The luminosity channel is the log10 of the absolute flux level at 10 pc,
 
     L10 = log10(norm_w_m2_nm) + 2 log10(d_pc / 10) = log10(norm) + 2 log10(100 / parallax_mas),
 
-(a star at 100 pc would be 100 times brighter at 10 pc), from the observed flux normalisation ``norm`` (mean calibrated flux over 336-1020 nm in
-W m^-2 nm^-1, see :mod:`cvae_pms.features`) and the parallax (d = 1000 / parallax_mas pc).
+(a star at 100 pc would be 100 times brighter at 10 pc), from the observed flux
+normalisation ``norm`` (mean calibrated flux over 336-1020 nm in W m^-2 nm^-1,
+see :mod:`cvae_pms.features`) and the parallax (d = 1000 / parallax_mas pc).
 Its uncertainty is ``2 / ln 10 * parallax_error / parallax`` (first order). A parallax is
 usable when it is finite, positive, has a finite positive error and
 ``parallax / parallax_error >= min_over_error``; otherwise the channel is missing (flag 0).

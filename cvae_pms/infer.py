@@ -276,9 +276,14 @@ def infer_batch(model: Model, batch, n_samples: int, seed: int,
             batch.rp_covariance[idx], plx[idx], err[idx], zp, opts.min_over_error)
         if model.luminosity:
             no_plx[idx[~present]] = True
+            for j, why in zip(idx[~present], _parallax_problem(plx[idx[~present]] + zp,
+                                                              err[idx[~present]],
+                                                              opts.min_over_error)):
+                message[j] = f"no usable parallax ({why}): spectrum-only posterior"
         finite = np.isfinite(y).all(axis=1)
         for j in idx[~finite]:
             message[j] = "non-finite features (zero or negative total flux?)"
+        no_plx[idx[~finite]] = False
         ok[idx[~finite]] = False
         idx, y = idx[finite], y[finite]
         if idx.size:
@@ -537,6 +542,21 @@ def infer(run_dir: str | os.PathLike, inputs: Sequence[str | os.PathLike],
     return result
 
 
+def _parallax_problem(plx: np.ndarray, err: np.ndarray, min_over_error: float) -> list[str]:
+    """Why each (zero-point corrected) parallax is unusable, in words."""
+    out = []
+    for p, e in zip(plx, err):
+        if not np.isfinite(p):
+            out.append("parallax missing or NaN")
+        elif p <= 0:
+            out.append(f"parallax {p:.4g} mas <= 0")
+        elif not (np.isfinite(e) and e > 0):
+            out.append("parallax_error missing, NaN or <= 0")
+        else:
+            out.append(f"parallax/error {p / e:.3g} < {min_over_error:g}")
+    return out
+
+
 def _prior_json(prior) -> str:
     import json
     return "" if prior is None else json.dumps(prior.to_dict(), sort_keys=True)
@@ -554,9 +574,9 @@ def _check_resume_settings(path: Path, attrs: dict, keep_raw: bool) -> None:
             same = (str(have) == str(want) if isinstance(want, str)
                     else (np.isnan(float(have)) and np.isnan(want)) or float(have) == want)
             if not same:
-                raise pf.PosteriorFileError(f"{path}: made with {key} = {have!r}, this run "
-                                            f"uses {want!r}; use another --out")
+                raise pf.PosteriorFileError(f"made with {key} = {have!r}, this run uses "
+                                            f"{want!r}; use another --out")
         has_raw = "samples_raw" in f
     if has_raw != bool(keep_raw):
-        raise pf.PosteriorFileError(f"{path}: made {'with' if has_raw else 'without'} "
-                                    f"--keep-raw; rerun the same way or use another --out")
+        raise pf.PosteriorFileError(f"made {'with' if has_raw else 'without'} --keep-raw; "
+                                    f"rerun the same way or use another --out")

@@ -28,7 +28,8 @@ File attributes: ``format_version``, ``parameter_names``, ``parameter_units``,
 ``seed``, ``run_dir``, ``model_hash``, ``command_line``, ``cvae_pms_version``,
 ``ood_threshold``, ``ood_k``, ``prior`` (JSON of the user prior, '' without),
 ``luminosity`` (model uses parallaxes), ``parallax_zero_point_mas``,
-``min_parallax_over_error``, ``astrometry`` (side table path or ''), ``n_complete`` (rows completely written: a reader or a resume
+``min_parallax_over_error``, ``astrometry`` (side table path or ''), ``n_complete`` (rows
+completely written: a reader or a resume
 trusts only these).
 
 The writer appends chunk by chunk to resizable datasets, so memory stays flat in ``n``.
@@ -372,7 +373,8 @@ def summary_table(posteriors: Iterator[Posterior] | Posterior) -> Table:
     Columns: ``source_id``; per parameter ``<name>_median``, ``_p16``, ``_p84``, ``_p2.5``,
     ``_p97.5`` (physical units) and ``<name>_width68`` (p84 - p16); ``status`` (bit flags),
     ``flags`` (their names), ``at_bound`` (parameter names), ``ood_distance``, ``ess``
-    (only when the file has it), ``message``, ``input_file``. Column units and descriptions come from :mod:`cvae_pms.params`.
+    (only when the file has it), ``message``, ``input_file``. Column units and descriptions
+    come from :mod:`cvae_pms.params`.
     """
     parts = [posteriors] if isinstance(posteriors, Posterior) else list(posteriors)
     if parts:

@@ -182,6 +182,9 @@ def test_infer_bad_parallaxes_flagged_never_a_crash(tmp_path, lum_run):
     assert np.isfinite(post.samples).all()                  # every source still has samples
     assert (post.status & pf.FLAG_FAILED).sum() == 0
     assert res.n_no_parallax == 4
+    assert "parallax 15" not in post.message[4] and "-1 mas <= 0" in post.message[4]
+    assert "missing or NaN" in post.message[2] and "< 5" in post.message[3]
+    assert post.message[0] == "" and post.message[5] == ""
     with h5py.File(res.out) as f:
         assert int(f.attrs["luminosity"]) == 1 and f.attrs["astrometry"].endswith("astro.ecsv")
     # the missing-parallax posterior is the spectrum-only one: same as giving no parallax at all
@@ -245,3 +248,12 @@ def test_prior_end_to_end_cli(tmp_path, lum_run):
     assert r2.exit_code == 1 and "prior" in r2.output
     with pytest.raises(InferError, match="--keep-raw"):
         infer(lum_run, [obs], tmp_path / "q.h5", keep_raw=True, progress=False)
+
+
+def test_lum_recipe_is_cpu_quick_with_the_channel_on():
+    from cvae_pms.train import load_config
+    quick, _ = load_config("cpu-quick")
+    lum, _ = load_config("cpu-quick-lum")
+    assert quick["luminosity"]["enabled"] is False and lum["luminosity"]["enabled"] is True
+    lum["luminosity"]["enabled"] = False
+    assert lum == quick
