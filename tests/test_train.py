@@ -268,3 +268,26 @@ def test_cli_train_reports_errors_with_exit_code_1(workdir, tmp_path):
                                str(workdir / "tiny.toml"), "--out", str(tmp_path / "o"),
                                "--set", "training.nope=1"])
     assert res.exit_code == 1 and "training.nope" in res.output
+
+
+def test_early_stopping_follows_the_validation_loss_h_plus_kl(workdir, tmp_path):
+    """After annealing, weights and early stopping follow val_L = val_H + val_KL (the beta = 1
+    objective), not val_H alone (lowest right after annealing while KL is still large)."""
+    patience = 1
+    out = train(workdir / "toy.h5", workdir / "tiny.toml", tmp_path / "es", noise_model=NOISE,
+                overrides=["training.epochs=10", "training.steps_per_epoch=4",
+                           "annealing.start=0", "annealing.end=1",
+                           "training.standardisation_rows=512",
+                           f"training.early_stopping_patience={patience}"], log=lambda s: None)
+    hist = read_history(tmp_path / "es" / "history.csv")
+    best, bad, stop = np.inf, 0, None
+    for r in hist:
+        if r["epoch"] < 1:
+            continue
+        val_l = r["val_H"] + r["val_KL"]
+        best, bad = (val_l, 0) if val_l < best else (best, bad + 1)
+        if bad >= patience:
+            stop = r["epoch"]
+            break
+    assert hist[-1]["epoch"] == (stop if stop is not None else 9)
+    assert out.stop_reason.startswith("early stopping: val_L") == (stop is not None)
