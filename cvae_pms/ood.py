@@ -21,6 +21,7 @@ import numpy as np
 from sklearn.neighbors import NearestNeighbors
 
 from cvae_pms import params
+from cvae_pms.atomic import atomic_path
 
 OOD_FILE = "ood.npz"
 OOD_VERSION = 1
@@ -129,19 +130,14 @@ def bound_flags(samples: np.ndarray, prior_edge: np.ndarray | None = None) -> np
 def save_ood_index(index: OODIndex, path: str | os.PathLike) -> Path:
     """Write the index (reference features included) to an ``.npz`` file atomically."""
     path = Path(path)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}.npz")
     meta = {k: str(v) for k, v in index.meta.items()}
-    try:
+    with atomic_path(path) as tmp:
         np.savez(tmp, version=OOD_VERSION, reference=index.reference, k=index.k,
                  threshold=index.threshold, quantile=index.quantile,
                  prior_edge_fraction=index.prior_edge_fraction,
                  calibration_distance=index.calibration_distance,
                  meta_keys=np.array(list(meta), dtype=str),
                  meta_values=np.array(list(meta.values()), dtype=str))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 

@@ -47,6 +47,7 @@ import numpy as np
 from astropy.table import Table
 
 from cvae_pms import params
+from cvae_pms.atomic import atomic_path
 
 FORMAT_VERSION = 1
 
@@ -437,13 +438,8 @@ def write_summary(table: Table, path: str | os.PathLike) -> Path:
         raise PosteriorFileError(f"{path}: summary format must be .ecsv, .csv or .fits")
     if not path.parent.is_dir():
         raise PosteriorFileError(f"{path}: directory {path.parent} does not exist")
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         table.write(tmp, format=formats[suffix], overwrite=True)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 

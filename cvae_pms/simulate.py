@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from cvae_pms import params as P
-from cvae_pms.xp.flux_fit import RIDGE_ALPHA
+from cvae_pms.atomic import atomic_path, write_text_atomic
 from cvae_pms.xp.noise import NoiseModel, draw_model_error, draw_observation
 from cvae_pms.xp.photometry import scale_to_g
 
@@ -350,9 +350,8 @@ def simulate(out: str | os.PathLike, g_range: tuple[float, float], transit_range
     except XPReadError as exc:
         raise SimulateError(str(exc)) from exc
     truth_path = out.with_name(f"{out.stem}_truth.csv")
-    tmp = truth_path.with_name(f"{truth_path.name}.tmp-{os.getpid()}")
-    truth.write(tmp, format="ascii.csv", overwrite=True)
-    os.replace(tmp, truth_path)
+    with atomic_path(truth_path) as tmp:
+        truth.write(tmp, format="ascii.csv", overwrite=True)
     settings = {"observations": str(out), "truth": str(truth_path), "n_sources": int(m),
                 "seed": int(seed), "g_mag_range": [float(v) for v in g_range],
                 "transit_range": [int(v) for v in transit_range],
@@ -366,9 +365,7 @@ def simulate(out: str | os.PathLike, g_range: tuple[float, float], transit_range
                 "noise_model": noise_model.to_dict(),
                 "covariance_written": "coefficient noise only (model error not included)"}
     settings_path = out.with_name(f"{out.stem}_simulate.json")
-    tmp = settings_path.with_name(f"{settings_path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(settings, indent=1) + "\n")
-    os.replace(tmp, settings_path)
+    write_text_atomic(settings_path, json.dumps(settings, indent=1) + "\n")
     return SimulateReport(out, truth_path, settings_path, m, with_parallax, model_error)
 
 

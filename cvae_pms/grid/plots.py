@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from cvae_pms import params as P
+from cvae_pms.atomic import atomic_path
 from cvae_pms.grid.gridfile import GridError, open_grid
 from cvae_pms.xp.sampling import SAMPLING_NM, sampled_flux
 
@@ -140,10 +141,11 @@ def _draw(plt, sweep: Sweep, out_png: Path) -> None:
     ax.set_ylabel("calibrated XP flux (W m$^{-2}$ nm$^{-1}$)")
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
-    tmp = out_png.with_name(f"{out_png.stem}.tmp-{os.getpid()}{out_png.suffix}")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, out_png)
+    try:
+        with atomic_path(out_png) as tmp:
+            fig.savefig(tmp)
+    finally:
+        plt.close(fig)
 
 
 def plot_parameter(grid_path: str | os.PathLike, name: str, out_png: str | os.PathLike,
@@ -154,9 +156,8 @@ def plot_parameter(grid_path: str | os.PathLike, name: str, out_png: str | os.Pa
         raise PlotError(f"{out_png}: output directory {out_png.parent} does not exist")
     sweep = parameter_sweep(grid_path, name, k)
     table_path = out_png.with_suffix(".ecsv")
-    tmp = table_path.with_name(f"{table_path.stem}.tmp-{os.getpid()}.ecsv")
-    sweep.to_table().write(tmp, format="ascii.ecsv", overwrite=True)
-    os.replace(tmp, table_path)
+    with atomic_path(table_path) as tmp:
+        sweep.to_table().write(tmp, format="ascii.ecsv", overwrite=True)
     draw_sweep(sweep, out_png)
     return out_png
 

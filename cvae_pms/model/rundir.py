@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from cvae_pms import params as P
+from cvae_pms.atomic import atomic_path
 from cvae_pms.features import FEATURE_VERSION, FeatureError, Featuriser, FeatureSpec
 
 WEIGHTS = "model.weights.h5"
@@ -34,10 +35,8 @@ class RunDirError(Exception):
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via ``<path>.tmp-<pid>`` and ``os.replace``."""
-    path = Path(path)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

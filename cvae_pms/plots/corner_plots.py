@@ -19,6 +19,7 @@ import numpy as np  # noqa: E402
 from astropy.table import Table  # noqa: E402
 
 from cvae_pms import params  # noqa: E402
+from cvae_pms.atomic import atomic_path  # noqa: E402
 from cvae_pms.posterior_file import FLAG_FAILED, flag_names, iter_posterior  # noqa: E402
 
 
@@ -64,7 +65,6 @@ def corner_plot(samples: np.ndarray, path: str | os.PathLike, title: str = "",
     samples = np.asarray(samples, dtype=np.float64)
     truths = None if truth is None else [None if not np.isfinite(v) else float(v) for v in truth]
     path = Path(path)
-    tmp = path.with_name(f"{path.stem}.tmp-{os.getpid()}{path.suffix}")
     # gaiaxpy's plotter sets rcParams['text.usetex'] = True on import (needs a LaTeX install).
     with matplotlib.rc_context({"text.usetex": False}):
         fig = corner.corner(samples, labels=[p.label for p in params.PARAMS],
@@ -74,12 +74,10 @@ def corner_plot(samples: np.ndarray, path: str | os.PathLike, title: str = "",
         if title:
             fig.suptitle(title, fontsize=12, y=1.02)
         try:
-            fig.savefig(tmp, dpi=80, bbox_inches="tight")
-            os.replace(tmp, path)
+            with atomic_path(path) as tmp:
+                fig.savefig(tmp, dpi=80, bbox_inches="tight")
         finally:
             plt.close(fig)
-            if tmp.exists():
-                tmp.unlink()
     return path
 
 
