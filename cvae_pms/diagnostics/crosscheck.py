@@ -143,15 +143,23 @@ def parse_mapping(items: list[str] | tuple[str, ...], option: str = "--map") -> 
     return out
 
 
-def value_columns(lit: Table, mapping: dict[str, str], path: str = "literature") -> dict[str, str]:
-    """Our parameter name -> literature column: explicit ``mapping`` first, then columns
-    named exactly like a parameter."""
+def _mapped_columns(lit: Table, mapping: dict[str, str], option: str,
+                    path: str) -> dict[str, str]:
+    """Our parameter name -> literature column for the explicit ``option`` mapping; every
+    named column must exist."""
     out: dict[str, str] = {}
     for col, name in mapping.items():
         if col not in lit.colnames:
-            raise CrosscheckError(f"{path}: column {col!r} (from --map) not in the table; "
+            raise CrosscheckError(f"{path}: column {col!r} (from {option}) not in the table; "
                                   f"columns are {lit.colnames}")
         out[name] = col
+    return out
+
+
+def value_columns(lit: Table, mapping: dict[str, str], path: str = "literature") -> dict[str, str]:
+    """Our parameter name -> literature column: explicit ``mapping`` first, then columns
+    named exactly like a parameter."""
+    out = _mapped_columns(lit, mapping, "--map", path)
     for name in params.NAMES:
         if name not in out and name in lit.colnames:
             out[name] = name
@@ -162,12 +170,7 @@ def error_columns(lit: Table, values: dict[str, str], mapping: dict[str, str],
                   path: str = "literature") -> dict[str, str]:
     """Our parameter name -> literature error column: explicit ``mapping`` (error column =
     parameter) first, then the usual names next to the value column (``e_X``, ``X_err``...)."""
-    out: dict[str, str] = {}
-    for col, name in mapping.items():
-        if col not in lit.colnames:
-            raise CrosscheckError(f"{path}: column {col!r} (from --error-map) not in the "
-                                  f"table; columns are {lit.colnames}")
-        out[name] = col
+    out = _mapped_columns(lit, mapping, "--error-map", path)
     lower = {c.lower(): c for c in lit.colnames}
     for name, col in values.items():
         if name in out:
