@@ -190,6 +190,21 @@ class Featuriser:
             out += tf.reduce_sum(ca * a[None], axis=1)
         return tf.maximum(out, 0.0)
 
+    def flux_variance_from_information(self, bp: tf.Tensor, rp: tf.Tensor,
+                                       chols: tuple[tf.Tensor, tf.Tensor]) -> tf.Tensor:
+        """:meth:`flux_variance` from the Cholesky factors ``L_F`` (n, 55, 55) float64 of the
+        Fisher matrices instead of the covariances: ``Cov = L_F^-T L_F^-1``, so
+        ``diag(A^T Cov A)`` is the column sum of ``(L_F^-1 A)^2``. ``L_F^-1`` comes from one
+        float64 triangular solve; the product with ``A`` and the sum of squares (positive
+        terms only, no cancellation) run in float32. Used by the training noise path."""
+        s = tf.abs(tf.cast(bp[:, 0], tf.float64)) + tf.abs(tf.cast(rp[:, 0], tf.float64)) + 1e-30
+        out = 0.0
+        for chol, a in zip(chols, (self.a_bp, self.a_rp)):
+            eye = tf.eye(N_COEFF, batch_shape=tf.shape(chol)[:1], dtype=tf.float64)
+            inv = tf.linalg.triangular_solve(chol, eye, lower=True) / s[:, None, None]
+            out += tf.reduce_sum(tf.square(tf.cast(inv, tf.float32) @ a), axis=1)
+        return out
+
     def model_error_variance(self, flux: tf.Tensor) -> tf.Tensor:
         """Model-error variance (n, 343) of a flux in the same units."""
         return tf.square(self.me_frac * flux)

@@ -104,13 +104,15 @@ def model_error_coefficient_covariance(bp: np.ndarray, rp: np.ndarray,
 def simulate_observations(bp: np.ndarray, rp: np.ndarray, g_mag: np.ndarray | float,
                           n_transits: np.ndarray | float, rng: np.random.Generator,
                           noise_model: NoiseModel | None = None,
-                          model_error: bool = True) -> Observations:
+                          model_error: bool = True, errors_from: str = "observed") -> Observations:
     """Scale noise-free coefficients to ``g_mag`` and draw one noisy observation per row.
 
     As in training: coefficient noise ``N(c, Cov(c))`` first, then (``model_error``) a
     forward-model-error draw at the calibrated flux of that noisy observation, added in
     coefficient space (:func:`draw_model_error_coefficients`). The returned covariances are the
-    coefficient-noise covariances only, as an archive would have them.
+    coefficient-noise covariances only, estimated from the noisy coefficients as an archive's
+    errors are (``errors_from = "true"``: at the noise-free ones, for diagnostics only; see
+    :func:`cvae_pms.xp.noise.tf_draw_observation`).
 
     Args:
         bp, rp: (n, 55) noise-free coefficients (any flux scale).
@@ -134,7 +136,8 @@ def simulate_observations(bp: np.ndarray, rp: np.ndarray, g_mag: np.ndarray | fl
     if bad.any():
         raise SimulateError(f"row {int(np.argmax(bad))}: G magnitude of the input coefficients is "
                             "undefined (non-positive flux); cannot scale it")
-    obs_bp, obs_rp, cov_bp, cov_rp = draw_observation(bp_s, rp_s, nt, rng, noise_model)
+    obs_bp, obs_rp, cov_bp, cov_rp = draw_observation(bp_s, rp_s, nt, rng, noise_model,
+                                                      errors_from)
     if model_error:
         d_bp, d_rp = draw_model_error_coefficients(obs_bp, obs_rp, rng, noise_model)
         obs_bp, obs_rp = obs_bp + d_bp, obs_rp + d_rp

@@ -30,6 +30,7 @@ DEFAULT_CONFIG: dict = {
         "trunk": [512, 512, 256], "conv_filters": [], "conv_kernel": 5, "latent": 10,
         "components": 16, "r1_hidden": [256], "q_hidden": [256], "r2_hidden": [256, 256],
         "activation": "swish", "prior_mean_init_std": 1.0, "logvar_bias_init": -1.0,
+        "whiten": 0,
     },
     "annealing": {"start": 50, "end": 150, "shape": "log", "truncation_ramp": True,
                   "prior_warmup": True},
@@ -181,35 +182,32 @@ class TrainingNoise:
         ``bp0, rp0`` (n, 55) noiseless coefficients of magnitude ``g0`` (n,); ``g`` and
         ``n_transits`` (n,); ``seed`` a stateless seed (2,). With ``copies = k`` every row gets
         k independent noise draws at the same G and transits (rows repeated as
-        ``tf.repeat(..., k, axis=0)``): the covariance, its Cholesky factor and the propagated
-        flux variance, ~40 % of a CPU step, are computed once per row.
+        ``tf.repeat(..., k, axis=0)``): the Fisher matrix of the noise-free spectrum and its
+        Cholesky factor, which the draws need, are computed once per row. The error features
+        come, as in the archive, from the noise model at each *noisy* draw (one more Fisher
+        matrix and triangular solve per draw; :func:`cvae_pms.xp.noise.tf_draw_observation`
+        explains why errors at the noise-free spectrum are wrong).
         """
         tf = self.tf
-        from cvae_pms.xp.noise import (tf_covariance_from_cholesky, tf_draw_from_cholesky,
-                                       tf_information_cholesky)
+        from cvae_pms.xp.noise import tf_draw_from_cholesky, tf_information_cholesky
         s = tf.pow(10.0, -0.4 * (tf.cast(g, tf.float32) - tf.cast(g0, tf.float32)))[:, None]
         bp, rp = tf.cast(bp0, tf.float32) * s, tf.cast(rp0, tf.float32) * s
         seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 3)
-        # One float64 Cholesky of each Fisher matrix: draws L_F^{-T} z, covariance (L_F L_F^T)^-1.
+        # One float64 Cholesky of each Fisher matrix: draws L_F^{-T} z.
         chols = tf_information_cholesky(bp, rp, n_transits, self.model)
-        bp_cov, rp_cov = (tf_covariance_from_cholesky(ch) for ch in chols)
         obs = []
         for k, (c, chol) in enumerate(zip((bp, rp), chols)):
             z = tf.random.stateless_normal(tf.concat([tf.shape(c)[:1], [copies, 55]], 0),
                                            seed=seeds[k], dtype=tf.float64)
             noise = tf_draw_from_cholesky(chol, z)                        # (n, copies, 55)
             obs.append(tf.reshape(tf.cast(c, tf.float64)[:, None] + noise, [-1, 55]))
+        nt_obs = tf.repeat(tf.cast(tf.reshape(n_transits, [-1]), tf.float64), copies, axis=0)
+        chols_obs = tf_information_cholesky(obs[0], obs[1], nt_obs, self.model)
+        var = self.feat.flux_variance_from_information(obs[0], obs[1], chols_obs)
         flux, unit = self.feat.scaled_flux(obs[0], obs[1])
         z = tf.random.stateless_normal(tf.shape(flux), seed=seeds[2]) @ self.me_chol_t
         flux = flux + self.me_frac * tf.abs(flux) * z
-        # propagated variance once per row, in the per-source units of each noisy copy
-        var_rows = self.feat.flux_variance(bp, rp, bp_cov, rp_cov)           # (n, 343)
-        s_rows = tf.abs(bp[:, 0]) + tf.abs(rp[:, 0]) + 1e-30
-        b0 = tf.cast(obs[0][:, 0], tf.float32)
-        r0 = tf.cast(obs[1][:, 0], tf.float32)
-        s_obs = tf.abs(b0) + tf.abs(r0) + 1e-30
-        ratio = tf.square(tf.repeat(s_rows, copies, axis=0) / s_obs)[:, None]
-        var = tf.repeat(var_rows, copies, axis=0) * ratio + self.feat.model_error_variance(flux)
+        var = var + self.feat.model_error_variance(flux)
         return self.feat.from_flux(flux, var, unit, standardise)
 
     def observe(self, bp0, rp0, g0, seed, standardise: bool = True, copies: int = 1,
@@ -419,11 +417,11 @@ def train(grid_path: str | Path, config: str | Path, out: str | Path, *, resume:
     """
     import keras
     import tensorflow as tf
-    from cvae_pms.features import FEATURE_VERSION, Featuriser, FeatureSpec
+    from cvae_pms.features import FEATURE_VERSION, N_FEATURES, Featuriser, FeatureSpec
     from cvae_pms.grid.gridfile import GridError, open_grid
     from cvae_pms.model import rundir
     from cvae_pms.model.cvae import Annealing, cvae_terms, training_loss
-    from cvae_pms.model.networks import NetworkConfig, build_networks
+    from cvae_pms.model.networks import NetworkConfig, build_networks, whitening_matrix
     from cvae_pms.xp.noise import NoiseModel
 
     t_start = time.time()
@@ -434,6 +432,7 @@ def train(grid_path: str | Path, config: str | Path, out: str | Path, *, resume:
             raise TrainingError(f"{run}: nothing to resume (no config.json); start without --resume")
         stored = json.loads((run / "config.json").read_text())
         stored.setdefault("luminosity", dict(DEFAULT_CONFIG["luminosity"]))  # older run dirs
+        stored.setdefault("model", {}).setdefault("whiten", 0)
         _check_resume_config(stored, cfg, run)
         stored_flat = _flatten(cfg)
         for key in RESUMABLE_KEYS:
@@ -533,6 +532,10 @@ def train(grid_path: str | Path, config: str | Path, out: str | Path, *, resume:
             mean = np.concatenate([mean, raw_lum.mean(0), [0.0]])
             std = np.concatenate([std, raw_lum.std(0), [1.0]])
         feat.set_standardisation(mean, std)
+        if cfg["model"]["whiten"]:
+            whiten = whitening_matrix((raw - mean[:raw.shape[1]]) / feat.spec.std[:raw.shape[1]],
+                                      int(cfg["model"]["whiten"]))
+
     def _val_block(i: int) -> np.ndarray:
         s_i = tf.constant([seed, 2**31 - 3 - i], tf.int64)
         sl = slice(i, i + 1024)
@@ -546,9 +549,12 @@ def train(grid_path: str | Path, config: str | Path, out: str | Path, *, resume:
     val_y = np.concatenate([_val_block(i) for i in range(0, len(val_rows), 1024)])
 
     with strategy.scope():
-        net_cfg = NetworkConfig.from_dict({**cfg["model"], "y_dim": spec.y_dim,
-                                           "x_dim": P.N_PARAMS})
+        net_cfg = NetworkConfig.from_dict({
+            **cfg["model"], "y_dim": spec.y_dim, "x_dim": P.N_PARAMS,
+            "whiten_dim": N_FEATURES if cfg["model"]["whiten"] else 0})
         net = build_networks(net_cfg, seed=seed)
+        if net.whiten_layer is not None and not resume:   # resume: restored with the weights
+            net.whiten_layer.kernel.assign(whiten)
         opt = keras.optimizers.Adam(_lr_schedule(tcfg, total_steps),
                                     global_clipnorm=tcfg["global_clipnorm"])
         if mixed_precision:

@@ -150,6 +150,25 @@ def test_emcee_recovers_known_2d_posterior():
     assert divergence.js_divergence_2d(r1.samples_unit, exact)[0, 1] < 0.06
 
 
+def test_refined_start_finds_a_sharp_peak_and_the_chain_its_width():
+    """At G ~ 15 the XP likelihood is a sharp peak in the 7-D box: the walkers must start on it
+    (global optimisation of the prescan), and the chain then recovers mean and width."""
+    rng = np.random.default_rng(4)
+    centre = rng.uniform(0.2, 0.8, 7)
+    sd = np.full(7, 0.003)
+
+    def log_like(u):
+        return -0.5 * np.sum(((u - centre) / sd) ** 2, axis=1)
+
+    start = reference_mcmc.prescan_start(log_like, 7, 32, seed=0)
+    assert start.shape == (32, 7) and np.all(np.abs(start - centre) < 5 * sd)
+    crude = reference_mcmc.prescan_start(log_like, 7, 32, seed=0, refine=False)
+    assert np.median(np.abs(crude - centre) / sd) > 20       # what the crude start gave
+    r = reference_mcmc.run_emcee(log_like, 7, seed=0, max_steps=8000, check_every=500)
+    assert np.all(np.abs(r.samples_unit.mean(0) - centre) < 0.3 * sd)
+    np.testing.assert_allclose(r.samples_unit.std(0), sd, rtol=0.25)
+
+
 def test_emcee_respects_the_box_prior():
     # Flat likelihood piled against u = 0 edge: samples never leave [0, 1].
     r = reference_mcmc.run_emcee(lambda u: -5.0 * u[:, 0], 2, seed=3, max_steps=2000,

@@ -11,7 +11,7 @@ import tensorflow_probability as tfp
 from cvae_pms.diagnostics import metrics
 from cvae_pms.model.cvae import (DECODER_LOGVAR, LATENT_LOGVAR, Annealing, bounded, cvae_terms,
                                  prior_distribution)
-from cvae_pms.model.networks import NetworkConfig, build_networks
+from cvae_pms.model.networks import NetworkConfig, build_networks, whitening_matrix
 from cvae_pms.model.sampler import PosteriorSampler, truncated_normal_icdf
 
 SMALL = dict(y_dim=20, trunk=(32, 32), latent=3, components=4, r1_hidden=(16,),
@@ -67,6 +67,45 @@ def test_conv_trunk_option_builds():
     cfg = NetworkConfig(**{**SMALL, "y_dim": 40, "conv_filters": (4, 4), "conv_kernel": 3})
     net = build_networks(cfg)
     assert net.encode(tf.zeros((2, 40))).shape == (2, 32)
+
+
+def test_whitening_decorrelates_and_caps_the_gain_of_empty_directions():
+    rng = np.random.default_rng(0)
+    # 30 correlated features of rank 12 with variances spanning 1e4 .. 1e-2
+    y = (rng.normal(size=(5000, 12)) * np.logspace(2, -1, 12)) @ np.linalg.qr(
+        rng.normal(size=(30, 30)))[0][:12]
+    w = whitening_matrix(y, 10, floor=1e-12)
+    cov = np.cov((y @ w).T)
+    np.testing.assert_allclose(np.diag(cov), 1.0, rtol=1e-3)
+    assert np.abs(cov - np.diag(np.diag(cov))).max() < 1e-3
+    # the 1e-2-variance direction is not amplified beyond 1/sqrt(floor * mean variance)
+    capped = whitening_matrix(y, 12, floor=1e-4)
+    gain = np.linalg.norm(capped, axis=0)
+    mean_var = np.trace(np.cov(y.T)) / 30
+    assert gain.max() <= 1.0 / np.sqrt(1e-4 * mean_var) * 1.001
+    assert np.var(y @ capped[:, -1]) < 0.5          # floor-dominated: below unit variance
+    with pytest.raises(ValueError):
+        whitening_matrix(y, 31)
+
+
+def test_whitening_layer_is_fixed_and_only_on_the_spectral_inputs():
+    cfg = NetworkConfig(**{**SMALL, "y_dim": 23, "whiten": 5, "whiten_dim": 20})
+    net = build_networks(cfg, seed=1)
+    assert net.whiten_layer.kernel.shape == (20, 5)
+    assert all(v is not net.whiten_layer.kernel for v in net.trainable_variables)
+    # the 3 inputs past whiten_dim bypass the projection: changing them changes the encoding,
+    # changing a spectral input along a direction the projection removes does not
+    net.whiten_layer.kernel.assign(np.eye(20, 5, dtype=np.float32))
+    y = tf.random.normal((4, 23), seed=3)
+    bump_removed = tf.concat([y[:, :19], y[:, 19:20] + 5.0, y[:, 20:]], axis=1)
+    bump_lum = tf.concat([y[:, :22], y[:, 22:] + 5.0], axis=1)
+    np.testing.assert_allclose(net.encode(y).numpy(), net.encode(bump_removed).numpy())
+    assert not np.allclose(net.encode(y).numpy(), net.encode(bump_lum).numpy())
+    with pytest.raises(ValueError, match="whiten"):
+        NetworkConfig(**{**SMALL, "y_dim": 40, "whiten": 4, "whiten_dim": 40,
+                         "conv_filters": (4,)})
+    with pytest.raises(ValueError, match="whiten"):
+        NetworkConfig(**{**SMALL, "whiten": 30, "whiten_dim": 20})
 
 
 def test_monte_carlo_kl_matches_closed_form_for_one_component():

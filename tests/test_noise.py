@@ -93,6 +93,24 @@ def test_draws_have_the_model_covariance():
         assert np.abs(white.mean(0)).max() < 0.06
 
 
+def test_reported_errors_are_estimated_from_the_noisy_data():
+    bp, rp = _star(1e-6)  # G ~ 17: photon noise matters
+    n = 400
+    obs_bp, obs_rp, cov_bp, cov_rp = nz.draw_observation(np.repeat(bp, n, 0), np.repeat(rp, n, 0),
+                                                         20, np.random.default_rng(7))
+    again_bp, again_rp = nz.coefficient_covariance(obs_bp, obs_rp, 20)
+    np.testing.assert_allclose(cov_bp, again_bp, rtol=1e-8, atol=0)
+    np.testing.assert_allclose(cov_rp, again_rp, rtol=1e-8, atol=0)
+    # brighter-than-average draws report larger errors, as sigma^2 grows with the counts
+    assert np.corrcoef(obs_bp[:, 0], cov_bp[:, 0, 0])[0, 1] > 0.8
+    truth_bp, _ = nz.coefficient_covariance(bp, rp, 20)
+    _, _, fixed, _ = nz.draw_observation(np.repeat(bp, 3, 0), np.repeat(rp, 3, 0), 20,
+                                         np.random.default_rng(7), errors_from="true")
+    np.testing.assert_allclose(fixed, np.repeat(truth_bp, 3, 0), rtol=1e-10)
+    with pytest.raises(ValueError, match="errors_from"):
+        nz.draw_observation(bp, rp, 20, np.random.default_rng(7), errors_from="model")
+
+
 def test_draws_reproducible():
     bp, rp = _star(1e-4)
     a = nz.draw_observation(bp, rp, 20, np.random.default_rng(3))[0]
@@ -114,7 +132,8 @@ def test_numpy_tf_parity_and_float32_stability():
     np.testing.assert_allclose(tf_rp.numpy(), np_rp, rtol=1e-6, atol=1e-12 * np.abs(np_rp).max())
 
     gen = tf.random.Generator.from_seed(1)
-    draw = tf.function(lambda b, r, n: nz.tf_draw_observation(b, r, n, gen), jit_compile=False)
+    draw = tf.function(lambda b, r, n: nz.tf_draw_observation(b, r, n, gen, errors_from="true"),
+                       jit_compile=False)
     ob, orp, cb, cr = draw(tf.constant(bp, tf.float32), tf.constant(rp, tf.float32), tf.constant(nt, tf.float32))
     assert ob.dtype == tf.float32 and cb.dtype == tf.float64
     assert np.all(np.isfinite(ob.numpy())) and np.all(np.isfinite(orp.numpy()))

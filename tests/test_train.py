@@ -193,9 +193,13 @@ class _Killed(Exception):
     pass
 
 
-def test_resume_gives_the_same_weights_as_an_uninterrupted_run(workdir, tmp_path):
+@pytest.mark.parametrize("whiten", [0, 16])
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(workdir, tmp_path, whiten):
+    """Also with the PCA-whitening input projection, which must come back from the checkpoint
+    (it is fixed, not trained: equal in both runs and to the one saved after epoch 0)."""
     import h5py
     cfg = workdir / "tiny.toml"
+    RESUME_SET = [*globals()["RESUME_SET"], f"model.whiten={whiten}"]
     train(workdir / "toy.h5", cfg, tmp_path / "a", overrides=RESUME_SET, noise_model=NOISE,
           log=lambda s: None)
 
@@ -225,6 +229,17 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(workdir, tmp_path
     assert len(wa) == len(wb) > 10
     for a, b in zip(wa, wb):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    if whiten:
+        net = load_run(tmp_path / "b").net
+        kernel = net.whiten_layer.kernel.numpy()
+        assert kernel.shape == (686, whiten) and not net.whiten_layer.trainable
+        # PCA axes scaled by 1/sqrt(variance + floor): orthogonal columns whose norms grow as
+        # the variance falls, capped at 1/sqrt(1e-4 x mean variance (= 1, standardised)) = 100
+        gram = kernel.T @ kernel
+        off = gram - np.diag(np.diag(gram))
+        norms = np.sqrt(np.diag(gram))
+        assert np.abs(off).max() < 1e-3 * np.diag(gram).max()
+        assert np.all(np.diff(norms) >= -1e-6 * norms[1:]) and norms[-1] <= 100.5
     with pytest.raises(TrainingError, match="different config"):
         train(workdir / "toy.h5", cfg, tmp_path / "b", resume=True, noise_model=NOISE,
               overrides=RESUME_SET + ["training.learning_rate=0.5"])

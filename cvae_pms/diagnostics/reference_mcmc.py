@@ -75,15 +75,46 @@ def _boxed(log_like: Callable[[np.ndarray], np.ndarray]) -> Callable[[np.ndarray
 
 
 def prescan_start(log_like: Callable[[np.ndarray], np.ndarray], ndim: int, n_walkers: int,
-                  seed: int, n_scan: int = 4096, batch: int = 512) -> np.ndarray:
-    """Starting walkers independent of any other estimator: the best ``n_walkers`` of
-    ``n_scan`` uniform draws in the box, each jittered by 1 % of the box."""
+                  seed: int, n_scan: int = 4096, batch: int = 512, refine: bool = True,
+                  maxiter: int = 300) -> np.ndarray:
+    """Starting walkers independent of any other estimator.
+
+    ``n_scan`` uniform draws in the box; with ``refine`` (default) the best ``15 ndim`` of
+    them seed a vectorised global optimisation (``scipy.optimize.differential_evolution``,
+    ``maxiter`` generations) and the walkers start at the best ``n_walkers`` members of its
+    final population, jittered by 1e-4 of the box. Without ``refine``: the best
+    ``n_walkers`` draws jittered by 1 % of the box (at G <~ 15 the likelihood is so peaked
+    that such walkers sit in scattered local optima and an ensemble sampler started there
+    can leave some stuck: measured 68 % coverage of 0.36-0.69 on 60 test stars at G = 15).
+    """
+    from scipy.optimize import differential_evolution
+
     rng = np.random.default_rng(seed)
     u = rng.uniform(size=(n_scan, ndim))
-    lp = np.concatenate([np.asarray(log_like(u[i:i + batch])) for i in range(0, n_scan, batch)])
-    lp = np.where(np.isfinite(lp), lp, -np.inf)
-    best = u[np.argsort(lp)[::-1][:n_walkers]]
-    return np.clip(best + 0.01 * rng.normal(size=best.shape), 1e-6, 1 - 1e-6)
+
+    def batched(points: np.ndarray) -> np.ndarray:
+        lp = np.concatenate([np.asarray(log_like(points[i:i + batch]), dtype=np.float64)
+                             for i in range(0, points.shape[0], batch)])
+        return np.where(np.isfinite(lp), lp, -np.inf)
+
+    lp = batched(u)
+    order = np.argsort(lp)[::-1]
+    if not refine:
+        best = u[order[:n_walkers]]
+        return np.clip(best + 0.01 * rng.normal(size=best.shape), 1e-6, 1 - 1e-6)
+    pop = max(15 * ndim, n_walkers)
+
+    def neg(points_t: np.ndarray) -> np.ndarray:   # (ndim, S) -> (S,)
+        v = -batched(np.clip(np.asarray(points_t).T, 0.0, 1.0))
+        return np.where(np.isfinite(v), v, 1e300)
+
+    res = differential_evolution(neg, [(0.0, 1.0)] * ndim, init=u[order[:pop]],
+                                 maxiter=maxiter, tol=1e-8, seed=int(rng.integers(2**31)),
+                                 polish=False, vectorized=True, updating="deferred")
+    final = np.asarray(res.population)
+    energies = np.asarray(res.population_energies)
+    best = final[np.argsort(energies)[:n_walkers]]
+    return np.clip(best + 1e-4 * rng.normal(size=best.shape), 1e-6, 1 - 1e-6)
 
 
 def run_emcee(log_like_unit: Callable[[np.ndarray], np.ndarray], ndim: int, seed: int,

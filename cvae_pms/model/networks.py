@@ -12,7 +12,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import keras
+import numpy as np
 import tensorflow as tf
+
+
+#: Relative variance floor of the whitening (caps the gain of any direction at 100).
+WHITEN_FLOOR = 1e-4
 
 
 @dataclass(frozen=True)
@@ -22,7 +27,11 @@ class NetworkConfig:
     ``trunk``: widths of the dense trunk on y; ``conv_filters``/``conv_kernel``: optional
     1-D convolutions over the pixel axis before it (y is read as (pixels, channels));
     ``components``/``latent``: mixture size and latent dimension of r1;
-    ``r1_hidden``, ``q_hidden``, ``r2_hidden``: head widths; ``activation``: Keras name.
+    ``r1_hidden``, ``q_hidden``, ``r2_hidden``: head widths; ``activation``: Keras name;
+    ``whiten``: principal components kept by a fixed (non-trainable) PCA-whitening projection
+    of the first ``whiten_dim`` inputs (the spectral features) in front of the trunk, set once
+    from the training draws by :func:`whitening_matrix` (0 = no projection); inputs past
+    ``whiten_dim`` (the luminosity channel) pass through unchanged.
     """
 
     y_dim: int
@@ -39,6 +48,17 @@ class NetworkConfig:
     activation: str = "swish"
     prior_mean_init_std: float = 1.0
     logvar_bias_init: float = -1.0
+    whiten: int = 0
+    whiten_dim: int = 0
+
+    def __post_init__(self) -> None:
+        if self.whiten < 0 or self.whiten > self.whiten_dim or self.whiten_dim > self.y_dim:
+            raise ValueError(f"whiten = {self.whiten} components of whiten_dim = "
+                             f"{self.whiten_dim} inputs: need 0 <= whiten <= whiten_dim <= "
+                             f"y_dim ({self.y_dim})")
+        if self.whiten and self.conv_filters:
+            raise ValueError("whiten and conv_filters exclude each other (the convolutions "
+                             "need the pixel order that the projection removes)")
 
     @classmethod
     def from_dict(cls, d: dict) -> "NetworkConfig":
@@ -72,6 +92,8 @@ class CVAENetworks(keras.Model):
         c = config
         init = lambda s: keras.initializers.GlorotUniform(seed=seed + s)  # noqa: E731
         self.trunk_layers: list[keras.layers.Layer] = []
+        self.whiten_layer = (keras.layers.Dense(c.whiten, use_bias=False, trainable=False,
+                                                name="whiten") if c.whiten else None)
         if c.conv_filters:
             n_pix = c.y_dim // c.conv_channels
             if n_pix * c.conv_channels != c.y_dim:
@@ -119,6 +141,9 @@ class CVAENetworks(keras.Model):
     def encode(self, y: tf.Tensor) -> tf.Tensor:
         """Trunk: features y (n, y_dim) -> encoding h (n, trunk[-1])."""
         h = y
+        if self.whiten_layer is not None:
+            d = self.config.whiten_dim
+            h = tf.concat([self.whiten_layer(h[:, :d]), h[:, d:]], axis=-1)
         for layer in self.trunk_layers:
             h = layer(h)
         return h
@@ -162,6 +187,26 @@ class CVAENetworks(keras.Model):
         q_loc, q_logvar = self.posterior_params(h, x)
         mean, dec_logvar = self.decode_from_y_part(self.decoder_y_part(h), z)
         return logits, loc, logvar, q_loc, q_logvar, mean, dec_logvar
+
+
+def whitening_matrix(y: np.ndarray, k: int, floor: float = WHITEN_FLOOR) -> np.ndarray:
+    """PCA-whitening projection (d, k) of standardised features ``y`` (n, d).
+
+    The first ``k`` principal axes divided by ``sqrt(variance + floor * mean variance)``:
+    directions well above the floor come out with unit variance, so small-variance ones
+    (band depths, subtle shape changes: variances 1e-2..1e-4 of the largest) reach the trunk
+    at the scale of the overall colour, which speeds up training of the first layer; the
+    floor caps the gain (at ``1/sqrt(floor)``) of directions the training draws hardly
+    populate, which a real spectrum's systematics could otherwise blow up.
+    """
+    y = np.asarray(y, np.float64)
+    if y.ndim != 2 or not 0 < k <= y.shape[1]:
+        raise ValueError(f"whitening: need (n, d) features and 0 < k <= d, got {y.shape}, k={k}")
+    yc = y - y.mean(0)
+    var, vec = np.linalg.eigh(yc.T @ yc / max(y.shape[0] - 1, 1))
+    order = np.argsort(var)[::-1][:k]
+    eps = floor * max(float(np.mean(np.maximum(var, 0.0))), 1e-30)
+    return (vec[:, order] / np.sqrt(np.maximum(var[order], 0.0) + eps)).astype(np.float32)
 
 
 def build_networks(config: NetworkConfig, seed: int = 0) -> CVAENetworks:

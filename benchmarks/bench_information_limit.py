@@ -1,0 +1,168 @@
+"""How well can *any* method do? Exact (emcee) posteriors on the CVAE's own test stars.
+
+Reproduces the observations that ``cvae-pms evaluate RUN --g-mag G --n N --seed SEED`` makes
+(same rows, same G and transits, same noise draws: the same seeded calls), runs one emcee
+chain per star on the exact likelihood (:class:`cvae_pms.diagnostics.reference_mcmc.XPLikelihood`:
+source covariance + the forward-model error term, flux scale marginalised) for the first
+``--k`` of them, and reports the robust scatter (1.4826 MAD) and bias of the exact posterior
+medians about the truth, overall and by log Mdot: the accuracy limit the data allow. With
+``--predictions`` (``predictions_G.csv`` written by that ``evaluate`` run) it scores the
+CVAE's medians on exactly the same stars.
+
+    python benchmarks/bench_information_limit.py --grid grids/grid20k.h5 --split-seed 1 \\
+        --g 15 --k 60 --workers 2 --out benchmarks/out/limit_g15.json \\
+        [--predictions demo_out/eval/predictions_15.csv]
+
+``--split-seed``/fractions must match the training config that produced the run's split
+(cpu-quick: seed 1, 0.1/0.1); ``--run RUN`` reads split.npz instead.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+MDOT_BINS = ((-11.0, -8.0), (-8.0, -6.0), (-6.0, -4.52))
+
+
+def _one_star(args: tuple) -> dict:
+    """emcee on one star (runs in a worker process, one BLAS thread)."""
+    from threadpoolctl import threadpool_limits
+
+    from cvae_pms import params
+    from cvae_pms.diagnostics import reference_mcmc
+
+    meta, bp, rp, bp_cov, rp_cov, seed, max_steps = args
+    forward = reference_mcmc.builtin_forward(meta)
+    like = reference_mcmc.XPLikelihood(forward, bp, rp, bp_cov, rp_cov,
+                                       to_physical=params.from_unit)
+    with threadpool_limits(1):
+        res = reference_mcmc.run_emcee(like, params.N_PARAMS, seed=seed, max_steps=max_steps,
+                                       n_keep=2000)
+    phys = params.from_unit(res.samples_unit)
+    lo, med, hi = np.percentile(phys, [16, 50, 84], axis=0)
+    return {"median": med.tolist(), "p16": lo.tolist(), "p84": hi.tolist(),
+            "steps": res.n_steps, "converged": bool(res.converged), "wall_s": res.wall_s}
+
+
+def _score(med: np.ndarray, lo: np.ndarray, hi: np.ndarray, truth: np.ndarray) -> dict:
+    from cvae_pms import params
+    out = {}
+    for k, name in enumerate(params.NAMES):
+        r = med[:, k] - truth[:, k]
+        out[name] = {"bias": float(np.median(r)),
+                     "robust_scatter": float(1.4826 * np.median(np.abs(r - np.median(r)))),
+                     "coverage68": float(np.mean((truth[:, k] >= lo[:, k])
+                                                 & (truth[:, k] <= hi[:, k]))),
+                     "width68_median": float(np.median(hi[:, k] - lo[:, k]))}
+    return out
+
+
+def _by_mdot(med, lo, hi, truth) -> dict:
+    from cvae_pms import params
+    j = params.NAMES.index("log_mdot")
+    out = {}
+    for a, b in MDOT_BINS:
+        sel = (truth[:, j] >= a) & (truth[:, j] < b + 1e-9)
+        if sel.sum() >= 3:
+            out[f"{a:g}..{b:g}"] = {"n": int(sel.sum()),
+                                   **_score(med[sel], lo[sel], hi[sel], truth[sel])}
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--grid", required=True)
+    ap.add_argument("--run", default=None, help="run dir (its split.npz gives the test rows)")
+    ap.add_argument("--split-seed", type=int, default=1)
+    ap.add_argument("--val-fraction", type=float, default=0.1)
+    ap.add_argument("--test-fraction", type=float, default=0.1)
+    ap.add_argument("--g", type=float, default=15.0)
+    ap.add_argument("--n", type=int, default=500, help="evaluate's --n (row selection)")
+    ap.add_argument("--seed", type=int, default=0, help="evaluate's --seed")
+    ap.add_argument("--transits", default="15,80")
+    ap.add_argument("--k", type=int, default=60, help="stars given an emcee posterior")
+    ap.add_argument("--max-steps", type=int, default=12000)
+    ap.add_argument("--workers", type=int, default=max(1, os.cpu_count() or 1))
+    ap.add_argument("--predictions", default=None, help="evaluate's predictions_G.csv")
+    ap.add_argument("--out", required=True)
+    a = ap.parse_args()
+
+    from cvae_pms import params
+    from cvae_pms.evaluate import GSetting, _draw_conditions, _simulate
+    from cvae_pms.grid.gridfile import open_grid
+    from cvae_pms.train import split_indices
+
+    t0 = time.perf_counter()
+    with open_grid(a.grid) as grid:
+        if a.run:
+            rows = np.load(Path(a.run) / "split.npz")["test"]
+        else:
+            rows = split_indices(grid.n, a.split_seed, a.val_fraction, a.test_fraction)["test"]
+        rng = np.random.default_rng([a.seed, 1])
+        idx = np.sort(rng.choice(rows, size=min(a.n, rows.size), replace=False))
+        theta, bp0, rp0 = grid.read(idx)
+        meta = dict(grid.meta)
+    tr = tuple(int(v) for v in a.transits.split(","))
+    rng = np.random.default_rng([a.seed, 100])
+    g, nt = _draw_conditions(GSetting(a.g, a.g), tr, theta.shape[0], rng)
+    bp, rp, bp_cov, rp_cov = _simulate(bp0, rp0, g, nt, rng)
+    k = min(a.k, theta.shape[0])
+    jobs = [(meta, bp[i], rp[i], bp_cov[i], rp_cov[i], 7919 * (i + 1), a.max_steps)
+            for i in range(k)]
+    results = []
+    with ProcessPoolExecutor(max_workers=a.workers) as pool:
+        for i, r in enumerate(pool.map(_one_star, jobs)):
+            results.append(r)
+            print(f"star {i + 1}/{k} row {idx[i]}: {r['steps']} steps, {r['wall_s']:.0f} s, "
+                  f"T_eff true {theta[i, 0]:.0f} exact median {r['median'][0]:.0f}", flush=True)
+    med = np.array([r["median"] for r in results])
+    lo = np.array([r["p16"] for r in results])
+    hi = np.array([r["p84"] for r in results])
+    truth = theta[:k]
+    out = {"grid": str(Path(a.grid).resolve()), "g_mag": a.g, "transits": list(tr),
+           "evaluate_seed": a.seed, "evaluate_n": a.n, "k": k, "rows": idx[:k].tolist(),
+           "max_steps": a.max_steps,
+           "converged_fraction": float(np.mean([r["converged"] for r in results])),
+           "emcee_wall_s_median": float(np.median([r["wall_s"] for r in results])),
+           "wall_s": time.perf_counter() - t0,
+           "exact": {"all": _score(med, lo, hi, truth), "by_log_mdot": _by_mdot(med, lo, hi, truth)},
+           "per_star": [{"row": int(idx[i]), "truth": truth[i].tolist(), **results[i]}
+                        for i in range(k)]}
+    if a.predictions:
+        from astropy.table import Table
+        p = Table.read(a.predictions, format="ascii.csv")
+        by_row = {int(r): n for n, r in enumerate(p["grid_row"])}
+        sel = [by_row[int(r)] for r in idx[:k]]
+        cm = np.stack([np.asarray(p[f"{n}_median"], float)[sel] for n in params.NAMES], 1)
+        cl = np.stack([np.asarray(p[f"{n}_p16"], float)[sel] for n in params.NAMES], 1)
+        ch = np.stack([np.asarray(p[f"{n}_p84"], float)[sel] for n in params.NAMES], 1)
+        tt = np.stack([np.asarray(p[f"{n}_true"], float)[sel] for n in params.NAMES], 1)
+        if not np.allclose(tt, truth, rtol=1e-6, atol=1e-6):
+            raise SystemExit(f"{a.predictions}: truths differ from the grid rows: not the same "
+                             f"evaluate settings (--n/--seed/--split)")
+        out["cvae"] = {"predictions": str(Path(a.predictions).resolve()),
+                       "all": _score(cm, cl, ch, truth), "by_log_mdot": _by_mdot(cm, cl, ch, truth)}
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(out, indent=1))
+    print(f"{'parameter':10s} {'exact scatter':>14s} {'exact cov68':>12s}"
+          + ("  CVAE scatter  CVAE cov68" if "cvae" in out else ""))
+    for name in params.NAMES:
+        e = out["exact"]["all"][name]
+        line = f"{name:10s} {e['robust_scatter']:14.3f} {e['coverage68']:12.2f}"
+        if "cvae" in out:
+            c = out["cvae"]["all"][name]
+            line += f"  {c['robust_scatter']:12.3f}  {c['coverage68']:10.2f}"
+        print(line)
+    for b, v in out["exact"]["by_log_mdot"].items():
+        print(f"log Mdot {b}: n {v['n']}, exact T_eff scatter {v['teff']['robust_scatter']:.0f} K")
+    print(f"wrote {a.out} in {out['wall_s']:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
