@@ -75,13 +75,9 @@ def model_hash(run_dir: str | os.PathLike) -> str:
 
 def source_seeds(seed: int, source_id: np.ndarray) -> np.ndarray:
     """Per-source sampler seeds (n,) int64 >= 0: splitmix64 of (seed, source_id)."""
+    from cvae_pms.seeds import GAMMA, keyed_state, mix64
     with np.errstate(over="ignore"):
-        x = (np.asarray(source_id, dtype=np.int64).astype(np.uint64)
-             ^ (np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15)))
-        x = x + np.uint64(0x9E3779B97F4A7C15)
-        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        x = x ^ (x >> np.uint64(31))
+        x = mix64(keyed_state(seed, source_id) + GAMMA)
     return (x >> np.uint64(1)).astype(np.int64)
 
 

@@ -567,15 +567,7 @@ def reweight(samples: np.ndarray, prior: Prior, seed: int | None = None,
                           ess_threshold=threshold)
 
 
-_GAMMA = np.uint64(0x9E3779B97F4A7C15)
-_SALT = np.uint64(0x5052494F52535253)  # "PRIORSRS": keeps these streams apart from infer's
-
-
-def _mix64(z: np.ndarray) -> np.ndarray:
-    """SplitMix64 output function (Steele et al. 2014) on uint64 arrays."""
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
+_SALT = 0x5052494F52535253  # "PRIORSRS": keeps these streams apart from infer's
 
 
 def _resampling_uniforms(seed: int, keys: np.ndarray, s: int, scheme: str) -> np.ndarray:
@@ -583,11 +575,12 @@ def _resampling_uniforms(seed: int, keys: np.ndarray, s: int, scheme: str) -> np
 
     Each source's numbers are the SplitMix64 stream started at ``mix(seed, key)``.
     """
+    from cvae_pms.seeds import GAMMA, keyed_state, mix64
     with np.errstate(over="ignore"):
-        state = _mix64(keys.astype(np.uint64) ^ (np.uint64(seed) * _GAMMA + _SALT))
+        state = mix64(keyed_state(seed, keys, _SALT))
         count = 1 if scheme == "systematic" else s
-        steps = np.arange(1, count + 1, dtype=np.uint64) * _GAMMA
-        bits = _mix64(state[:, None] + steps[None, :])
+        steps = np.arange(1, count + 1, dtype=np.uint64) * GAMMA
+        bits = mix64(state[:, None] + steps[None, :])
     u = (bits >> np.uint64(11)).astype(np.float64) * 2.0 ** -53
     if scheme == "systematic":
         return (u + np.arange(s)[None, :]) / s
