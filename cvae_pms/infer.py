@@ -170,28 +170,19 @@ class KeyedSampler:
     def _draw_batch(self, y, seeds):
         import tensorflow as tf
 
-        from cvae_pms.model.cvae import LATENT_LOGVAR, bounded, decoder_moments
-        from cvae_pms.model.sampler import truncated_normal_icdf
+        from cvae_pms.model.sampler import draw_samples
 
-        net, S = self.net, self.n_samples
-        h = net.encode(y)
-        logits, loc, logvar_raw = net.prior_params(h)
-        scale = tf.exp(0.5 * bounded(logvar_raw, *LATENT_LOGVAR))         # (n, K, L)
-        pre_y = net.decoder_y_part(h)[:, None, :]                          # (n, 1, W)
-        latent, x_dim = loc.shape[-1], net.config.x_dim
-        comp, eps, uni = [], [], []
-        for r in range(self.batch):                                        # unrolled
-            s = tf.random.experimental.stateless_split(seeds[r], 3)
-            comp.append(tf.random.stateless_categorical(logits[r:r + 1], S, seed=s[0]))
-            eps.append(tf.random.stateless_normal((1, S, latent), seed=s[1]))
-            uni.append(tf.random.stateless_uniform((1, S, x_dim), seed=s[2]))
-        comp = tf.concat(comp, 0)
-        mu = tf.gather(loc, comp, batch_dims=1)                            # (n, S, L)
-        sd = tf.gather(scale, comp, batch_dims=1)
-        z = mu + sd * tf.concat(eps, 0)
-        mean_raw, logvar = net.decode_from_y_part(pre_y, z)
-        m, s = decoder_moments(mean_raw, logvar)
-        return truncated_normal_icdf(m, s, tf.concat(uni, 0))
+        def keyed_draws(logits, n_samples, latent, x_dim):
+            comp, eps, uni = [], [], []
+            for r in range(self.batch):                                    # unrolled
+                s = tf.random.experimental.stateless_split(seeds[r], 3)
+                comp.append(tf.random.stateless_categorical(logits[r:r + 1], n_samples,
+                                                            seed=s[0]))
+                eps.append(tf.random.stateless_normal((1, n_samples, latent), seed=s[1]))
+                uni.append(tf.random.stateless_uniform((1, n_samples, x_dim), seed=s[2]))
+            return tf.concat(comp, 0), tf.concat(eps, 0), tf.concat(uni, 0)
+
+        return draw_samples(self.net, y, self.n_samples, keyed_draws)
 
     def sample_unit(self, y: np.ndarray, keys: np.ndarray) -> np.ndarray:
         """Unit-box samples (n, S, 7) float32 of features y (n, D), source i keyed on keys[i]."""

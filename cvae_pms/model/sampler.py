@@ -32,6 +32,25 @@ def truncated_normal_icdf(loc: tf.Tensor, scale: tf.Tensor, u: tf.Tensor) -> tf.
     return tf.clip_by_value(x, 0.0, 1.0)
 
 
+def draw_samples(net: CVAENetworks, y: tf.Tensor, n_samples: int, random_draws) -> tf.Tensor:
+    """Unit-box samples (n, S, 7) of features ``y`` (n, y_dim): the one sampling algorithm.
+
+    ``random_draws(logits (n, K), S, latent, x_dim)`` supplies the random numbers: mixture
+    components (n, S) int, standard normals (n, S, latent) and uniforms (n, S, x_dim); the
+    samplers differ only in how they key them (per batch or per source).
+    """
+    h = net.encode(y)
+    logits, loc, logvar_raw = net.prior_params(h)
+    scale = tf.exp(0.5 * bounded(logvar_raw, *LATENT_LOGVAR))         # (n, K, L)
+    pre_y = net.decoder_y_part(h)[:, None, :]                          # (n, 1, W)
+    comp, eps, uni = random_draws(logits, n_samples, loc.shape[-1], net.config.x_dim)
+    mu = tf.gather(loc, comp, batch_dims=1)                            # (n, S, L)
+    sd = tf.gather(scale, comp, batch_dims=1)
+    mean_raw, logvar = net.decode_from_y_part(pre_y, mu + sd * eps)
+    m, s = decoder_moments(mean_raw, logvar)
+    return truncated_normal_icdf(m, s, uni)
+
+
 class PosteriorSampler:
     """Draw unit-box posterior samples (n, S, 7) from features y (n, y_dim).
 
@@ -46,20 +65,14 @@ class PosteriorSampler:
         self._fn = tf.function(self._draw_batch)
 
     def _draw_batch(self, y: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-        net, S = self.net, self.n_samples
-        h = net.encode(y)
-        logits, loc, logvar_raw = net.prior_params(h)
-        scale = tf.exp(0.5 * bounded(logvar_raw, *LATENT_LOGVAR))         # (n, K, L)
-        pre_y = net.decoder_y_part(h)[:, None, :]                          # (n, 1, W)
-        seeds = tf.random.experimental.stateless_split(seed, 3)
-        comp = tf.random.stateless_categorical(logits, S, seed=seeds[0])   # (n, S)
-        mu = tf.gather(loc, comp, batch_dims=1)                            # (n, S, L)
-        sd = tf.gather(scale, comp, batch_dims=1)
-        z = mu + sd * tf.random.stateless_normal(tf.shape(mu), seed=seeds[1])
-        mean_raw, logvar = net.decode_from_y_part(pre_y, z)
-        m, s = decoder_moments(mean_raw, logvar)
-        u = tf.random.stateless_uniform(tf.shape(m), seed=seeds[2])
-        return truncated_normal_icdf(m, s, u)
+        def batch_draws(logits, n_samples, latent, x_dim):
+            seeds = tf.random.experimental.stateless_split(seed, 3)
+            n = tf.shape(logits)[0]
+            return (tf.random.stateless_categorical(logits, n_samples, seed=seeds[0]),
+                    tf.random.stateless_normal(tf.stack([n, n_samples, latent]), seed=seeds[1]),
+                    tf.random.stateless_uniform(tf.stack([n, n_samples, x_dim]), seed=seeds[2]))
+
+        return draw_samples(self.net, y, self.n_samples, batch_draws)
 
     def sample_unit(self, y: np.ndarray, seed: int = 0) -> np.ndarray:
         """Samples (n, S, 7) float32 in the unit box for features ``y`` (n, y_dim)."""
