@@ -195,6 +195,31 @@ def test_writer_mapping_with_missing_band_and_extra(tmp_path, raw_csv):
         write_xp_table(tmp_path / "m.fits", data)
 
 
+@pytest.mark.parametrize("ext", ["csv", "ecsv"])
+def test_writer_streams_in_chunks_with_one_header(tmp_path, raw_csv, monkeypatch, ext):
+    """Several chunks (one source each here): one header, every row once, in order, and a
+    missing band or an extra column in a later chunk survives."""
+    from cvae_pms.xp import archive
+    monkeypatch.setattr(archive, "WRITE_CHUNK", 1)
+    n = 5
+    idx = np.arange(n) % len(raw_csv.source_id)
+    bp = raw_csv.bp_coefficients[idx].copy()
+    bp[3] = np.nan
+    data = {"source_id": np.arange(n) + 100, "bp_coefficients": bp,
+            "rp_coefficients": raw_csv.rp_coefficients[idx],
+            "bp_covariance": raw_csv.bp_covariance[idx], "rp_covariance": raw_csv.rp_covariance[idx],
+            "extra": {"phot_g_mean_mag": np.linspace(10, 14, n), "empty": np.full(n, np.nan)}}
+    out = write_xp_table(tmp_path / f"c.{ext}", data)
+    text = out.read_text()
+    assert sum(line.startswith("source_id,") for line in text.splitlines()) == 1
+    back = read_xp(out)
+    np.testing.assert_array_equal(back.source_id, np.arange(n) + 100)
+    assert back.error[3] == "BP band missing" and back.ok.sum() == n - 1
+    np.testing.assert_array_equal(back.rp_coefficients[back.ok], raw_csv.rp_coefficients[idx][back.ok])
+    np.testing.assert_allclose(back.extra["phot_g_mean_mag"], np.linspace(10, 14, n))
+    assert "empty" not in back.extra
+
+
 # --------------------------------------------------------------------------- bad input
 def test_whole_file_problems_raise_with_the_file_name(tmp_path):
     cases = {"notes.csv": "hello,world\n1,2\n", "empty.csv": "", "garbage.fits": "not a fits file",

@@ -21,6 +21,8 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from cvae_pms.atomic import atomic_path
+
 from .covariance import (N_COEFFICIENTS, N_CORRELATIONS, band_covariance, errors_and_correlations,
                          is_positive_definite, lower_triangle_covariance)
 
@@ -487,6 +489,10 @@ def read_xp(path: str | os.PathLike) -> XPBatch:
 
 
 # ----------------------------------------------------------------------------- writer
+#: Sources formatted and written per chunk by :func:`write_xp_table`.
+WRITE_CHUNK = 256
+
+
 def _format_rows(values: np.ndarray, bracket: bool = True) -> list[str]:
     """(m, k) floats -> archive cells '[v0,v1,...]' (repr precision); '' for all-NaN rows."""
     out = []
@@ -536,38 +542,45 @@ def write_xp_table(path: str | os.PathLike, data: XPBatch | Mapping[str, Any]) -
         cols = dict(data)
     sid = np.asarray(cols["source_id"], dtype=np.int64)
     n = len(sid)
-    frame: dict[str, Any] = {"source_id": sid}
-    body: dict[str, Any] = {}
+    bands = {}
     for band in BANDS:
-        coeff = np.asarray(cols[f"{band}_coefficients"], dtype=np.float64).reshape(n, N_COEFFICIENTS)
-        cov = np.asarray(cols[f"{band}_covariance"], dtype=np.float64).reshape(n, N_COEFFICIENTS, N_COEFFICIENTS)
         std = cols.get(f"{band}_standard_deviation")
-        std = np.ones(n) if std is None else np.where(np.isfinite(np.asarray(std, float)), std, 1.0)
-        missing = np.isnan(coeff).any(axis=1) | np.isnan(cov).reshape(n, -1).any(axis=1)
-        errors, corr = errors_and_correlations(np.where(missing[:, None, None], np.nan, cov))
-        frame[f"{band}_n_parameters"] = pd.array([None if miss else N_COEFFICIENTS for miss in missing],
-                                                 dtype="Int64")
-        body[f"{band}_standard_deviation"] = np.where(missing, np.nan, std)
-        body[f"{band}_coefficients"] = _format_rows(np.where(missing[:, None], np.nan, coeff))
-        body[f"{band}_coefficient_errors"] = _format_rows(errors)
-        body[f"{band}_coefficient_correlations"] = _format_rows(corr)
-    frame.update(body)
-    for name, values in (cols.get("extra") or {}).items():
-        values = np.asarray(values)
-        if values.dtype.kind == "f" and np.isnan(values).all():
-            continue
-        frame[name] = values
-    table = pd.DataFrame(frame)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="") as fh:
-            if fmt == "ecsv":
+        bands[band] = (
+            np.asarray(cols[f"{band}_coefficients"], dtype=np.float64).reshape(n, N_COEFFICIENTS),
+            np.asarray(cols[f"{band}_covariance"], dtype=np.float64).reshape(
+                n, N_COEFFICIENTS, N_COEFFICIENTS),
+            np.ones(n) if std is None else np.where(np.isfinite(np.asarray(std, float)), std, 1.0))
+    # extra columns: decided once for the whole table (an all-NaN float column is left out)
+    extra = {name: np.asarray(v) for name, v in (cols.get("extra") or {}).items()
+             if not (np.asarray(v).dtype.kind == "f" and np.isnan(np.asarray(v)).all())}
+
+    def frame(sl: slice) -> Any:
+        """The archive rows of sources ``sl`` as a DataFrame (text cells built per chunk)."""
+        m = len(sid[sl])
+        out: dict[str, Any] = {"source_id": sid[sl]}
+        body: dict[str, Any] = {}
+        for band in BANDS:
+            coeff, cov, std = (a[sl] for a in bands[band])
+            missing = np.isnan(coeff).any(axis=1) | np.isnan(cov).reshape(m, -1).any(axis=1)
+            errors, corr = errors_and_correlations(np.where(missing[:, None, None], np.nan, cov))
+            out[f"{band}_n_parameters"] = pd.array(
+                [None if miss else N_COEFFICIENTS for miss in missing], dtype="Int64")
+            body[f"{band}_standard_deviation"] = np.where(missing, np.nan, std)
+            body[f"{band}_coefficients"] = _format_rows(np.where(missing[:, None], np.nan, coeff))
+            body[f"{band}_coefficient_errors"] = _format_rows(errors)
+            body[f"{band}_coefficient_correlations"] = _format_rows(corr)
+        out.update(body)
+        out.update({name: values[sl] for name, values in extra.items()})
+        return pd.DataFrame(out)
+
+    # Streamed in chunks of WRITE_CHUNK sources: the text of a row with correlations is ~50 kB,
+    # so building all rows at once took ~2.5 GB for 2000 sources.
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as fh:
+        for k, lo in enumerate(range(0, max(n, 1), WRITE_CHUNK)):
+            table = frame(slice(lo, lo + WRITE_CHUNK))
+            if k == 0 and fmt == "ecsv":
                 fh.write(_ecsv_header(table))
-            table.to_csv(fh, index=False, float_format="%.17g")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+            table.to_csv(fh, index=False, header=k == 0, float_format="%.17g")
     return path
 
 
