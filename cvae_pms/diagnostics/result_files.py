@@ -1,7 +1,7 @@
 """Atomic writers for diagnostic results: JSON, tables (CSV/ECSV) and figures.
 
-Each writes ``<name>.tmp-<pid>`` next to the target and renames it, so a killed run never
-leaves a half-written result behind.
+Each writes a temporary sibling of the target and renames it (:mod:`cvae_pms.atomic`), so a
+killed run never leaves a half-written result behind.
 """
 from __future__ import annotations
 
@@ -13,9 +13,7 @@ from pathlib import Path
 import numpy as np
 from astropy.table import Table
 
-
-def _tmp(path: Path) -> Path:
-    return path.with_name(f"{path.name}.tmp-{os.getpid()}")
+from cvae_pms.atomic import atomic_path, write_text_atomic
 
 
 def _plain(obj):
@@ -40,26 +38,15 @@ def _plain(obj):
 
 def write_json(path: str | os.PathLike, obj: dict) -> Path:
     """Write ``obj`` as indented JSON (NaN -> null) atomically."""
-    path = Path(path)
-    tmp = _tmp(path)
-    try:
-        tmp.write_text(json.dumps(_plain(obj), indent=1, allow_nan=False) + "\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return write_text_atomic(path, json.dumps(_plain(obj), indent=1, allow_nan=False) + "\n")
 
 
 def write_table(table: Table, path: str | os.PathLike) -> Path:
     """Write an astropy table; format from the suffix (.csv or .ecsv)."""
     path = Path(path)
     fmt = {".csv": "ascii.csv", ".ecsv": "ascii.ecsv"}[path.suffix.lower()]
-    tmp = _tmp(path)
-    try:
+    with atomic_path(path) as tmp:
         table.write(tmp, format=fmt, overwrite=True)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -68,11 +55,9 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> Path:
     import matplotlib.pyplot as plt
 
     path = Path(path)
-    tmp = _tmp(path)
     try:
-        fig.savefig(tmp, dpi=dpi, format=path.suffix.lstrip(".") or "png")
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=dpi, format=path.suffix.lstrip(".") or "png")
     finally:
-        tmp.unlink(missing_ok=True)
         plt.close(fig)
     return path

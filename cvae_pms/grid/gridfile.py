@@ -8,8 +8,8 @@ Layout (format version 1, spec in ``grids/README.md``):
 - group ``meta`` with attributes (format_version, creator, created_utc, param_table,
   forward_model, random_seed, reference_distance_pc, source, content_hash, ...).
 
-Files are written under ``<path>.tmp-<pid>`` and renamed at the end, so ``path`` never holds a
-half-written grid.
+Files are written under a temporary sibling (:func:`cvae_pms.atomic.temporary_sibling`) and
+renamed at the end, so ``path`` never holds a half-written grid.
 
 Example
 -------
@@ -39,6 +39,7 @@ import h5py
 import numpy as np
 
 from cvae_pms import params as P
+from cvae_pms.atomic import temporary_sibling
 
 FORMAT_VERSION = 1
 N_COEFF = 55
@@ -208,7 +209,7 @@ class GridWriter:
         self.with_sampled_flux = with_sampled_flux
         self.expected_rows = expected_rows
         self.compression = compression
-        self.tmp_path = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}")
+        self.tmp_path = temporary_sibling(self.path)
         self.n = 0
         self.content_hash: str | None = None
         self._file: h5py.File | None = None

@@ -513,7 +513,7 @@ def write_xp_table(path: str | os.PathLike, data: XPBatch | Mapping[str, Any]) -
     Gaia order. Both :func:`read_xp` and ``gaiaxpy.calibrate`` read the result.
 
     Args:
-        path: output file ending in .csv or .ecsv; written as ``<name>.tmp-<pid>`` then renamed.
+        path: output file ending in .csv or .ecsv; written to a temporary sibling, then renamed.
         data: an :class:`XPBatch` (only usable sources are written), or a mapping with
             ``source_id`` (n,), ``bp_coefficients``/``rp_coefficients`` (n, 55),
             ``bp_covariance``/``rp_covariance`` (n, 55, 55), optional

@@ -149,7 +149,7 @@ def write_sampled_flux(xp_path: str | os.PathLike, out_path: str | os.PathLike,
     Datasets: ``source_id`` (n,) int64, ``wavelength_nm`` (343,), ``flux`` and ``flux_error``
     (n, 343) float64 in W m^-2 nm^-1 (NaN rows for flagged sources), ``error`` (n,) str
     ('' when usable). Root attributes: ``flux_unit``, ``wavelength_unit``, ``input_file``,
-    ``n_sources``, ``n_ok``. Written to ``<name>.tmp-<pid>`` and renamed when complete.
+    ``n_sources``, ``n_ok``. Written to a temporary sibling and renamed when complete.
 
     Raises:
         XPReadError: the input is not a readable XP file, or the output folder does not exist.
@@ -158,12 +158,13 @@ def write_sampled_flux(xp_path: str | os.PathLike, out_path: str | os.PathLike,
 
     from .archive import XPReadError, iter_xp
 
+    from cvae_pms.atomic import atomic_path
+
     out_path = Path(out_path)
     if not out_path.parent.is_dir():
         raise XPReadError(f"{out_path}: output directory {out_path.parent} does not exist")
-    tmp = out_path.with_name(f"{out_path.name}.tmp-{os.getpid()}")
     n = n_ok = 0
-    try:
+    with atomic_path(out_path) as tmp:
         with h5py.File(tmp, "w") as h5:
             m = len(SAMPLING_NM)
             h5.create_dataset("wavelength_nm", data=np.asarray(SAMPLING_NM))
@@ -193,8 +194,4 @@ def write_sampled_flux(xp_path: str | os.PathLike, out_path: str | os.PathLike,
                              "n_sources": n, "n_ok": n_ok,
                              "description": "Gaia XP calibrated sampled flux (gaiaxpy default "
                                             "sampling, numpy port of gaiaxpy.calibrate)"})
-        os.replace(tmp, out_path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return {"path": str(out_path), "n_sources": n, "n_ok": n_ok}
