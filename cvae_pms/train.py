@@ -329,7 +329,8 @@ def plot_history(path: Path, rows: list[dict], annealing: dict) -> None:
     import matplotlib.pyplot as plt
     from cvae_pms.model.rundir import atomic_write_bytes
     ep = [r["epoch"] for r in rows]
-    with matplotlib.rc_context({"text.usetex": False}):
+    from cvae_pms.plots import plain_text
+    with plain_text():
         png = _draw_history(plt, ep, rows, annealing)
     atomic_write_bytes(path, png)
 

@@ -26,12 +26,12 @@ from .tarp import TARPResult  # noqa: E402
 
 
 def _plain_text(draw):
-    """Draw with matplotlib's own text engine: gaiaxpy sets ``text.usetex = True`` on import,
-    which needs a LaTeX installation."""
+    """Draw under :func:`cvae_pms.plots.plain_text` (no LaTeX; see there)."""
+    from cvae_pms.plots import plain_text
 
     @functools.wraps(draw)
     def wrapper(*args, **kwargs):
-        with matplotlib.rc_context({"text.usetex": False}):
+        with plain_text():
             return draw(*args, **kwargs)
 
     return wrapper

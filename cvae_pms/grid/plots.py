@@ -114,8 +114,8 @@ def draw_sweep(sweep: Sweep, out_png: str | os.PathLike) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    # gaiaxpy sets rcParams['text.usetex'] = True on import (needs LaTeX): draw without it
-    with matplotlib.rc_context({"text.usetex": False}):
+    from cvae_pms.plots import plain_text
+    with plain_text():
         _draw(plt, sweep, Path(out_png))
 
 

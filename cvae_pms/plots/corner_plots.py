@@ -20,6 +20,7 @@ from astropy.table import Table  # noqa: E402
 
 from cvae_pms import params  # noqa: E402
 from cvae_pms.atomic import atomic_path  # noqa: E402
+from cvae_pms.plots import plain_text  # noqa: E402
 from cvae_pms.posterior_file import FLAG_FAILED, flag_names, iter_posterior  # noqa: E402
 
 
@@ -65,8 +66,7 @@ def corner_plot(samples: np.ndarray, path: str | os.PathLike, title: str = "",
     samples = np.asarray(samples, dtype=np.float64)
     truths = None if truth is None else [None if not np.isfinite(v) else float(v) for v in truth]
     path = Path(path)
-    # gaiaxpy's plotter sets rcParams['text.usetex'] = True on import (needs a LaTeX install).
-    with matplotlib.rc_context({"text.usetex": False}):
+    with plain_text():
         fig = corner.corner(samples, labels=[p.label for p in params.PARAMS],
                             range=_ranges(samples), truths=truths, truth_color="tab:red",
                             quantiles=[0.16, 0.5, 0.84], show_titles=True, title_fmt=".3g",
