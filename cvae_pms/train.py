@@ -30,7 +30,7 @@ DEFAULT_CONFIG: dict = {
         "trunk": [512, 512, 256], "conv_filters": [], "conv_kernel": 5, "latent": 10,
         "components": 16, "r1_hidden": [256], "q_hidden": [256], "r2_hidden": [256, 256],
         "activation": "swish", "prior_mean_init_std": 1.0, "logvar_bias_init": -1.0,
-        "whiten": 0,
+        "whiten": 0, "whiten_floor": 1e-4,
     },
     "annealing": {"start": 50, "end": 150, "shape": "log", "truncation_ramp": True,
                   "prior_warmup": True},
@@ -434,6 +434,7 @@ def train(grid_path: str | Path, config: str | Path, out: str | Path, *, resume:
         stored = json.loads((run / "config.json").read_text())
         stored.setdefault("luminosity", dict(DEFAULT_CONFIG["luminosity"]))  # older run dirs
         stored.setdefault("model", {}).setdefault("whiten", 0)
+        stored["model"].setdefault("whiten_floor", DEFAULT_CONFIG["model"]["whiten_floor"])
         _check_resume_config(stored, cfg, run)
         stored_flat = _flatten(cfg)
         for key in RESUMABLE_KEYS:
@@ -535,7 +536,8 @@ def train(grid_path: str | Path, config: str | Path, out: str | Path, *, resume:
         feat.set_standardisation(mean, std)
         if cfg["model"]["whiten"]:
             whiten = whitening_matrix((raw - mean[:raw.shape[1]]) / feat.spec.std[:raw.shape[1]],
-                                      int(cfg["model"]["whiten"]))
+                                      int(cfg["model"]["whiten"]),
+                                      float(cfg["model"]["whiten_floor"]))
 
     def _val_block(i: int) -> np.ndarray:
         s_i = tf.constant([seed, 2**31 - 3 - i], tf.int64)

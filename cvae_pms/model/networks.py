@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 
-#: Relative variance floor of the whitening (caps the gain of any direction at 100).
+#: Default relative variance floor of the whitening (caps the gain of any direction at 100).
 WHITEN_FLOOR = 1e-4
 
 
@@ -31,7 +31,9 @@ class NetworkConfig:
     ``whiten``: principal components kept by a fixed (non-trainable) PCA-whitening projection
     of the first ``whiten_dim`` inputs (the spectral features) in front of the trunk, set once
     from the training draws by :func:`whitening_matrix` (0 = no projection); inputs past
-    ``whiten_dim`` (the luminosity channel) pass through unchanged.
+    ``whiten_dim`` (the luminosity channel) pass through unchanged; ``whiten_floor``: the
+    variance floor of :func:`whitening_matrix` relative to the mean variance (the gain of any
+    direction is at most ``1 / sqrt(whiten_floor)``).
     """
 
     y_dim: int
@@ -50,6 +52,7 @@ class NetworkConfig:
     logvar_bias_init: float = -1.0
     whiten: int = 0
     whiten_dim: int = 0
+    whiten_floor: float = WHITEN_FLOOR
 
     def __post_init__(self) -> None:
         if self.whiten < 0 or self.whiten > self.whiten_dim or self.whiten_dim > self.y_dim:
