@@ -32,24 +32,21 @@ def main() -> None:
 
     from cvae_pms import params
     from cvae_pms.diagnostics import accuracy
-    from cvae_pms.evaluate import GSetting, _draw_conditions
+    from cvae_pms.evaluate import GSetting, draw_observations, select_rows
     from cvae_pms.grid.gridfile import open_grid
     from cvae_pms.model.rundir import load_run
-    from cvae_pms.simulate import simulate_observations
 
     run = load_run(a.run)
     with open_grid(a.grid) as grid:
         rows = run.split()["test"]
-        rng = np.random.default_rng([a.seed, 1])
-        idx = np.sort(rng.choice(rows, size=min(a.n, rows.size), replace=False))
+        idx = select_rows(rows, a.n, a.seed)
         theta, bp0, rp0 = grid.read(idx)
     out = {"run": str(Path(a.run).resolve()), "n": int(idx.size), "by_g": {}}
     for i, g_mag in enumerate(a.g):
         res = {}
         for errors_from in ("observed", "true"):
-            rng = np.random.default_rng([a.seed, 100 + i])
-            g, nt = _draw_conditions(GSetting(g_mag, g_mag), (15, 80), theta.shape[0], rng)
-            obs = simulate_observations(bp0, rp0, g, nt, rng, errors_from=errors_from)
+            obs = draw_observations(bp0, rp0, GSetting(g_mag, g_mag), (15, 80), a.seed, i,
+                                    errors_from=errors_from)
             y, _ = run.features(obs.bp, obs.rp, obs.bp_cov, obs.rp_cov)
             s = run.sample_features(y, n_samples=a.samples, seed=a.seed + i).astype(np.float64)
             acc = accuracy.accuracy(s, theta)

@@ -1,4 +1,5 @@
-"""How well can *any* method do? Exact (emcee) posteriors on the CVAE's own test stars.
+"""How well can *any* method do? Fisher forecasts and exact (emcee) posteriors on the CVAE's
+own test stars.
 
 Reproduces the observations that ``cvae-pms evaluate RUN --g-mag G --n N --seed SEED`` makes
 (same rows, same G and transits, same noise draws: the same seeded calls), runs one emcee
@@ -8,6 +9,11 @@ source covariance + the forward-model error term, flux scale marginalised) for t
 medians about the truth, overall and by log Mdot: the accuracy limit the data allow. With
 ``--predictions`` (``predictions_G.csv`` written by that ``evaluate`` run) it scores the
 CVAE's medians on exactly the same stars.
+
+Always (cheap, ~0.01 s per star): the Fisher-matrix (Cramer-Rao) bound of every one of the
+``--n`` stars at its true parameters (:mod:`cvae_pms.diagnostics.fisher_bound`: same likelihood,
+box prior as a Gaussian of equal variance) and the robust scatter that estimates with those
+per-star errors would show (``forecast_scatter``). ``--k 0`` skips emcee.
 
     python benchmarks/bench_information_limit.py --grid grids/grid20k.h5 --split-seed 1 \\
         --g 15 --k 60 --workers 2 --out benchmarks/out/limit_g15.json \\
@@ -75,6 +81,36 @@ def _by_mdot(med, lo, hi, truth) -> dict:
     return out
 
 
+def _mdot_masks(truth: np.ndarray):
+    from cvae_pms import params
+    j = params.NAMES.index("log_mdot")
+    for a, b in MDOT_BINS:
+        yield a, b, (truth[:, j] >= a) & (truth[:, j] < b + 1e-9)
+
+
+def _fisher_forecast(meta: dict, obs, theta: np.ndarray) -> np.ndarray:
+    """Cramer-Rao standard deviations (n, 7) in physical units for every star
+    (:mod:`cvae_pms.diagnostics.fisher_bound`, the exact likelihood's covariance)."""
+    from cvae_pms import params
+    from cvae_pms.diagnostics import fisher_bound, reference_mcmc
+
+    forward = reference_mcmc.builtin_forward(meta)
+    std = np.empty_like(theta)
+    for i in range(theta.shape[0]):
+        like = reference_mcmc.XPLikelihood(forward, obs.bp[i], obs.rp[i], obs.bp_cov[i],
+                                           obs.rp_cov[i], to_physical=params.from_unit)
+        std[i] = fisher_bound.star_bounds(like, params.to_unit(theta[i]))
+    return std * (params.HIGH - params.LOW)
+
+
+def _forecast(std: np.ndarray) -> dict:
+    from cvae_pms import params
+    from cvae_pms.diagnostics.fisher_bound import forecast_scatter
+    fs = forecast_scatter(std)
+    return {name: {"forecast_scatter": float(fs[k]), "median_bound": float(np.median(std[:, k]))}
+            for k, name in enumerate(params.NAMES)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--grid", required=True)
@@ -94,7 +130,7 @@ def main() -> None:
     a = ap.parse_args()
 
     from cvae_pms import params
-    from cvae_pms.evaluate import GSetting, _draw_conditions, _simulate
+    from cvae_pms.evaluate import GSetting, draw_observations, select_rows
     from cvae_pms.grid.gridfile import open_grid
     from cvae_pms.train import split_indices
 
@@ -104,63 +140,92 @@ def main() -> None:
             rows = np.load(Path(a.run) / "split.npz")["test"]
         else:
             rows = split_indices(grid.n, a.split_seed, a.val_fraction, a.test_fraction)["test"]
-        rng = np.random.default_rng([a.seed, 1])
-        idx = np.sort(rng.choice(rows, size=min(a.n, rows.size), replace=False))
+        idx = select_rows(rows, a.n, a.seed)
         theta, bp0, rp0 = grid.read(idx)
         meta = dict(grid.meta)
     tr = tuple(int(v) for v in a.transits.split(","))
-    rng = np.random.default_rng([a.seed, 100])
-    g, nt = _draw_conditions(GSetting(a.g, a.g), tr, theta.shape[0], rng)
-    bp, rp, bp_cov, rp_cov = _simulate(bp0, rp0, g, nt, rng)
+    obs = draw_observations(bp0, rp0, GSetting(a.g, a.g), tr, a.seed)
+    bp, rp, bp_cov, rp_cov = obs.bp, obs.rp, obs.bp_cov, obs.rp_cov
     k = min(a.k, theta.shape[0])
-    jobs = [(meta, bp[i], rp[i], bp_cov[i], rp_cov[i], 7919 * (i + 1), a.max_steps)
-            for i in range(k)]
-    results = []
-    with ProcessPoolExecutor(max_workers=a.workers) as pool:
-        for i, r in enumerate(pool.map(_one_star, jobs)):
-            results.append(r)
-            print(f"star {i + 1}/{k} row {idx[i]}: {r['steps']} steps, {r['wall_s']:.0f} s, "
-                  f"T_eff true {theta[i, 0]:.0f} exact median {r['median'][0]:.0f}", flush=True)
-    med = np.array([r["median"] for r in results])
-    lo = np.array([r["p16"] for r in results])
-    hi = np.array([r["p84"] for r in results])
-    truth = theta[:k]
     out = {"grid": str(Path(a.grid).resolve()), "g_mag": a.g, "transits": list(tr),
            "evaluate_seed": a.seed, "evaluate_n": a.n, "k": k, "rows": idx[:k].tolist(),
-           "max_steps": a.max_steps,
-           "converged_fraction": float(np.mean([r["converged"] for r in results])),
-           "emcee_wall_s_median": float(np.median([r["wall_s"] for r in results])),
-           "wall_s": time.perf_counter() - t0,
-           "exact": {"all": _score(med, lo, hi, truth), "by_log_mdot": _by_mdot(med, lo, hi, truth)},
-           "per_star": [{"row": int(idx[i]), "truth": truth[i].tolist(), **results[i]}
-                        for i in range(k)]}
+           "max_steps": a.max_steps}
+    fisher_std = _fisher_forecast(meta, obs, theta)
+    out["fisher"] = {"n": int(theta.shape[0]),
+                     "all": _forecast(fisher_std),
+                     "by_log_mdot": {f"{lo_:g}..{hi_:g}": {"n": int(m.sum()),
+                                                          **_forecast(fisher_std[m])}
+                                     for lo_, hi_, m in _mdot_masks(theta) if m.sum() >= 3},
+                     "first_k": _forecast(fisher_std[:k]) if k >= 3 else None,
+                     "per_star_bound": fisher_std.tolist()}
+    results = []
+    if k > 0:
+        jobs = [(meta, obs.bp[i], obs.rp[i], obs.bp_cov[i], obs.rp_cov[i], 7919 * (i + 1),
+                 a.max_steps) for i in range(k)]
+        with ProcessPoolExecutor(max_workers=a.workers) as pool:
+            for i, r in enumerate(pool.map(_one_star, jobs)):
+                results.append(r)
+                print(f"star {i + 1}/{k} row {idx[i]}: {r['steps']} steps, {r['wall_s']:.0f} s,"
+                      f" T_eff true {theta[i, 0]:.0f} exact median {r['median'][0]:.0f}",
+                      flush=True)
+        med = np.array([r["median"] for r in results])
+        lo = np.array([r["p16"] for r in results])
+        hi = np.array([r["p84"] for r in results])
+        truth = theta[:k]
+        out.update({
+            "converged_fraction": float(np.mean([r["converged"] for r in results])),
+            "emcee_wall_s_median": float(np.median([r["wall_s"] for r in results])),
+            "exact": {"all": _score(med, lo, hi, truth),
+                      "by_log_mdot": _by_mdot(med, lo, hi, truth)},
+            "per_star": [{"row": int(idx[i]), "truth": truth[i].tolist(), **results[i]}
+                         for i in range(k)]})
     if a.predictions:
         from astropy.table import Table
         p = Table.read(a.predictions, format="ascii.csv")
         by_row = {int(r): n for n, r in enumerate(p["grid_row"])}
-        sel = [by_row[int(r)] for r in idx[:k]]
-        cm = np.stack([np.asarray(p[f"{n}_median"], float)[sel] for n in params.NAMES], 1)
-        cl = np.stack([np.asarray(p[f"{n}_p16"], float)[sel] for n in params.NAMES], 1)
-        ch = np.stack([np.asarray(p[f"{n}_p84"], float)[sel] for n in params.NAMES], 1)
-        tt = np.stack([np.asarray(p[f"{n}_true"], float)[sel] for n in params.NAMES], 1)
-        if not np.allclose(tt, truth, rtol=1e-6, atol=1e-6):
+        missing = [int(r) for r in idx if int(r) not in by_row]
+        if missing:
+            raise SystemExit(f"{a.predictions}: grid rows {missing[:5]} missing: not the same "
+                             f"evaluate settings (--n/--seed/--split)")
+        sel = [by_row[int(r)] for r in idx]
+        cm, cl, ch, tt = (np.stack([np.asarray(p[f"{n}_{col}"], float)[sel]
+                                    for n in params.NAMES], 1)
+                          for col in ("median", "p16", "p84", "true"))
+        if not np.allclose(tt, theta, rtol=1e-6, atol=1e-6):
             raise SystemExit(f"{a.predictions}: truths differ from the grid rows: not the same "
                              f"evaluate settings (--n/--seed/--split)")
         out["cvae"] = {"predictions": str(Path(a.predictions).resolve()),
-                       "all": _score(cm, cl, ch, truth), "by_log_mdot": _by_mdot(cm, cl, ch, truth)}
+                       "all_n": _score(cm, cl, ch, theta),
+                       "by_log_mdot_all_n": _by_mdot(cm, cl, ch, theta)}
+        if k > 0:
+            out["cvae"].update(all=_score(cm[:k], cl[:k], ch[:k], theta[:k]),
+                               by_log_mdot=_by_mdot(cm[:k], cl[:k], ch[:k], theta[:k]))
+    out["wall_s"] = time.perf_counter() - t0
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(out, indent=1))
-    print(f"{'parameter':10s} {'exact scatter':>14s} {'exact cov68':>12s}"
-          + ("  CVAE scatter  CVAE cov68" if "cvae" in out else ""))
+    print(f"Fisher (Cramer-Rao) forecast of the robust scatter on all {theta.shape[0]} stars"
+          + (", CVAE on the same stars" if "cvae" in out else ""))
     for name in params.NAMES:
-        e = out["exact"]["all"][name]
-        line = f"{name:10s} {e['robust_scatter']:14.3f} {e['coverage68']:12.2f}"
+        line = f"  {name:10s} {out['fisher']['all'][name]['forecast_scatter']:10.3f}"
         if "cvae" in out:
-            c = out["cvae"]["all"][name]
-            line += f"  {c['robust_scatter']:12.3f}  {c['coverage68']:10.2f}"
+            line += f"  {out['cvae']['all_n'][name]['robust_scatter']:10.3f}"
         print(line)
-    for b, v in out["exact"]["by_log_mdot"].items():
-        print(f"log Mdot {b}: n {v['n']}, exact T_eff scatter {v['teff']['robust_scatter']:.0f} K")
+    for b, v in out["fisher"]["by_log_mdot"].items():
+        print(f"  log Mdot {b}: n {v['n']}, forecast T_eff scatter "
+              f"{v['teff']['forecast_scatter']:.0f} K")
+    if k > 0:
+        print(f"{'parameter':10s} {'exact scatter':>14s} {'exact cov68':>12s}"
+              + ("  CVAE scatter  CVAE cov68" if "cvae" in out else ""))
+        for name in params.NAMES:
+            e = out["exact"]["all"][name]
+            line = f"{name:10s} {e['robust_scatter']:14.3f} {e['coverage68']:12.2f}"
+            if "cvae" in out:
+                c = out["cvae"]["all"][name]
+                line += f"  {c['robust_scatter']:12.3f}  {c['coverage68']:10.2f}"
+            print(line)
+        for b, v in out["exact"]["by_log_mdot"].items():
+            print(f"log Mdot {b}: n {v['n']}, exact T_eff scatter "
+                  f"{v['teff']['robust_scatter']:.0f} K")
     print(f"wrote {a.out} in {out['wall_s']:.0f} s")
 
 

@@ -107,22 +107,50 @@ class EvaluateConfig:
 
 # ------------------------------------------------------------------------------ helpers
 def _simulate(bp0: np.ndarray, rp0: np.ndarray, g: np.ndarray, n_transits: np.ndarray,
-              rng: np.random.Generator
+              rng: np.random.Generator, errors_from: str = "observed"
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Noisy coefficients and covariances ``(bp, rp, bp_cov, rp_cov)`` at G ``g`` (n,)."""
     from cvae_pms.simulate import SimulateError, simulate_observations
     try:
-        obs = simulate_observations(bp0, rp0, g, n_transits, rng)
+        obs = simulate_observations(bp0, rp0, g, n_transits, rng, errors_from=errors_from)
     except SimulateError as exc:
         raise EvaluationError(f"simulating observations: {exc}") from exc
     return obs.bp, obs.rp, obs.bp_cov, obs.rp_cov
 
 
-def _draw_conditions(setting: GSetting, transits: tuple[int, int], n: int,
-                     rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+@dataclass(frozen=True)
+class HeldOutObservations:
+    """Simulated observations of n held-out sources: G [mag] (n,), integer transits (n,),
+    noisy coefficients ``bp``/``rp`` (n, 55) and their covariances (n, 55, 55), archive units."""
+
+    g: np.ndarray
+    n_transits: np.ndarray
+    bp: np.ndarray
+    rp: np.ndarray
+    bp_cov: np.ndarray
+    rp_cov: np.ndarray
+
+
+def select_rows(rows: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """The grid rows ``evaluate`` scores: ``min(n, rows.size)`` of ``rows`` drawn without
+    replacement by numpy stream ``[seed, 1]`` (``seed`` = ``--seed``), sorted."""
+    rng = np.random.default_rng([seed, 1])
+    return np.sort(rng.choice(rows, size=min(n, rows.size), replace=False))
+
+
+def draw_observations(bp0: np.ndarray, rp0: np.ndarray, setting: GSetting,
+                      transits: tuple[int, int], seed: int, index: int = 0,
+                      errors_from: str = "observed") -> HeldOutObservations:
+    """Observe noise-free coefficients ``bp0, rp0`` (n, 55) as ``evaluate`` does for its
+    ``index``-th G setting: numpy stream ``[seed, 100 + index]`` (``seed`` = ``--seed``) draws
+    G [mag] (``setting.low``, or uniform in the range), integer transits uniform in
+    ``transits`` (inclusive), then the noise and model error of
+    :func:`cvae_pms.simulate.simulate_observations` (``errors_from`` as there)."""
+    n = len(bp0)
+    rng = np.random.default_rng([seed, 100 + index])
     g = rng.uniform(setting.low, setting.high, n) if setting.is_range else np.full(n, setting.low)
     nt = rng.integers(int(transits[0]), int(transits[1]) + 1, n)
-    return g, nt
+    return HeldOutObservations(g, nt, *_simulate(bp0, rp0, g, nt, rng, errors_from))
 
 
 def parameter_table(samples: np.ndarray, truth: np.ndarray, sbc_bins: int = 20
@@ -188,8 +216,7 @@ def evaluate(cfg: EvaluateConfig, log: Callable[[str], None] = print) -> dict:
         rows = split["test"] if cfg.rows == "test" else np.arange(grid.n)
         if rows.size == 0:
             raise EvaluationError(f"{cfg.run_dir}: the run has no test rows (split.npz)")
-        rng = np.random.default_rng([cfg.seed, 1])
-        idx = np.sort(rng.choice(rows, size=min(cfg.n, rows.size), replace=False))
+        idx = select_rows(rows, cfg.n, cfg.seed)
         theta, bp0, rp0 = grid.read(idx)
         cfg.out.mkdir(parents=True, exist_ok=True)
         log(f"evaluating {cfg.run_dir} on {idx.size} {cfg.rows} rows of {cfg.grid} "
@@ -234,10 +261,9 @@ def _evaluate_setting(run, idx: np.ndarray, theta: np.ndarray, bp0: np.ndarray,
                       rp0: np.ndarray, setting: GSetting, cfg: EvaluateConfig, i: int,
                       log: Callable[[str], None]) -> tuple[dict, tuple]:
     """Simulate, sample and score one G setting; draws its figures."""
-    rng = np.random.default_rng([cfg.seed, 100 + i])
-    g, nt = _draw_conditions(setting, cfg.transits, theta.shape[0], rng)
     t0 = time.perf_counter()
-    bp, rp, bp_cov, rp_cov = _simulate(bp0, rp0, g, nt, rng)
+    ob = draw_observations(bp0, rp0, setting, cfg.transits, cfg.seed, i)
+    g, nt, bp, rp, bp_cov, rp_cov = ob.g, ob.n_transits, ob.bp, ob.rp, ob.bp_cov, ob.rp_cov
     # Warm-up: trace the compiled feature and sampler functions outside the timing.
     run.sample(bp[:1], rp[:1], bp_cov[:1], rp_cov[:1], n_samples=cfg.samples, seed=0,
                batch=cfg.batch)

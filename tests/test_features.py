@@ -188,3 +188,24 @@ def test_noise_parity_detects_double_noise(feat):
                             tf.constant([5, 6], tf.int64), standardise=False)
     ratio = y_tr.numpy()[:, :343].std(0) / y_sim[:, :343].std(0)
     assert np.median(ratio) > 1.2
+
+
+@pytest.mark.parametrize("g", [12.0, 17.0])
+def test_flux_variance_from_covariance_equals_from_information(feat, g):
+    """diag(A^T Cov A) computed two ways agrees: from the coefficient covariances (inference,
+    float32 inputs as :meth:`Featuriser.numpy` passes them) and from the Cholesky factors of
+    the Fisher matrices (training), for noise-free and noisy spectra of cool/reddened stars."""
+    from cvae_pms.xp.noise import (draw_observation, tf_covariance_from_cholesky,
+                                   tf_information_cholesky)
+    from cvae_pms.xp.photometry import scale_to_g
+    bp, rp, _ = scale_to_g(*_stars(), g)
+    nt = np.array([20.0, 40.0, 60.0])
+    bp_o, rp_o, _, _ = draw_observation(bp, rp, nt, np.random.default_rng(4))
+    bp, rp, nt = np.concatenate([bp, bp_o]), np.concatenate([rp, rp_o]), np.tile(nt, 2)
+    chols = tf_information_cholesky(bp, rp, nt)
+    covs = [tf_covariance_from_cholesky(c).numpy().astype(np.float32) for c in chols]
+    f32 = [tf.constant(a, tf.float32) for a in (bp, rp, *covs)]
+    v_cov = feat.flux_variance(*f32).numpy()
+    v_inf = feat.flux_variance_from_information(tf.constant(bp), tf.constant(rp), chols).numpy()
+    assert v_cov.shape == v_inf.shape == (6, 343) and np.all(v_inf > 0)
+    np.testing.assert_allclose(v_cov, v_inf, rtol=1e-4, atol=0)

@@ -201,12 +201,13 @@ class XPLikelihood:
         """``L^{-1} x`` for rows ``x`` (w, 110), ``L L^T = C``."""
         return linalg.solve_triangular(self._chol, x.T, lower=True).T
 
-    def _model(self, u: np.ndarray) -> np.ndarray:
+    def whitened_model(self, u: np.ndarray) -> np.ndarray:
+        """Whitened model coefficients ``L^{-1} m(theta)`` (w, 110) at unit-box rows ``u``."""
         bp, rp = self.forward(self.to_physical(np.atleast_2d(u)))
         return self._whiten(np.concatenate([bp, rp], axis=1))
 
     def __call__(self, u: np.ndarray) -> np.ndarray:
-        m = self._model(u)
+        m = self.whitened_model(u)
         a = np.sum(m * m, axis=1)
         b = m @ self._y
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -215,7 +216,7 @@ class XPLikelihood:
 
     def best_scale(self, u: np.ndarray) -> np.ndarray:
         """Maximum-likelihood flux scale ``s`` (w,) of the model at unit-box points ``u``."""
-        m = self._model(u)
+        m = self.whitened_model(u)
         return (m @ self._y) / np.sum(m * m, axis=1)
 
 

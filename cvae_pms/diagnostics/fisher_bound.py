@@ -1,0 +1,106 @@
+"""Fisher-matrix (Cramer-Rao) forecast: how precisely can one XP spectrum fix each parameter?
+
+For a Gaussian likelihood with a fixed covariance ``C`` around the model ``mu(theta) = s m(u)``
+(``u`` the seven parameters on the unit box, ``s`` the unknown flux scale) the Fisher matrix is
+``F = J^T C^-1 J`` with ``J`` the Jacobian of ``mu`` in ``(u, ln s)``; ``(F^-1)_kk`` bounds the
+variance of any unbiased estimate of ``u_k`` with every other parameter (and ``s``)
+marginalised. The box prior enters as the Gaussian with the same variance, ``1/12`` on the
+unit box (a Bayesian information bound; it keeps a parameter the spectrum cannot see, such as
+the mass, at its prior width instead of an infinite bound). ``ln s`` gets no prior.
+
+The bound is local: it ignores the non-linear T_eff-veiling-extinction degeneracies and the
+box edges, so it is a forecast to compare methods against, not a guarantee (a posterior median
+can beat it near a bound; a multimodal posterior is worse than it). The Jacobian is a central
+difference of step ``step`` on the unit box (one-sided within ``step`` of an edge).
+
+Example (a linear model: the bound is exact)
+-------
+>>> import numpy as np
+>>> rng = np.random.default_rng(0)
+>>> B = rng.normal(size=(30, 2))
+>>> model = lambda u: np.atleast_2d(u) @ B.T + 5.0          # m(u), rows of u -> rows of m
+>>> F = fisher_matrix(model, np.array([0.5, 0.5]), scale=1.0, prior=False)
+>>> J = np.column_stack([B, B @ [0.5, 0.5] + 5.0])
+>>> bool(np.allclose(F, J.T @ J, rtol=1e-6))
+True
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+#: Variance of a uniform prior on [0, 1].
+UNIT_BOX_VARIANCE = 1.0 / 12.0
+
+
+def jacobian(model: Callable[[np.ndarray], np.ndarray], u0: np.ndarray, step: float = 1e-3
+             ) -> np.ndarray:
+    """Finite-difference Jacobian ``d m / d u`` (d, p) of ``model`` (rows (w, p) -> (w, d)) at
+    ``u0`` (p,) on the unit box; central where ``u0 +- step`` stays inside [0, 1], else
+    one-sided. All 2p points go to ``model`` in one call."""
+    u0 = np.asarray(u0, np.float64)
+    p = u0.size
+    up = np.minimum(u0 + step, 1.0)
+    lo = np.maximum(u0 - step, 0.0)
+    pts = np.repeat(u0[None], 2 * p, axis=0)
+    pts[np.arange(p), np.arange(p)] = up
+    pts[p + np.arange(p), np.arange(p)] = lo
+    m = np.asarray(model(pts), np.float64)
+    return ((m[:p] - m[p:]) / (up - lo)[:, None]).T
+
+
+def fisher_matrix(model_whitened: Callable[[np.ndarray], np.ndarray], u0: np.ndarray,
+                  scale: float, step: float = 1e-3, prior: bool = True) -> np.ndarray:
+    """Fisher matrix (p + 1, p + 1) in ``(u_1..u_p, ln s)`` of ``mu = s m(u)``.
+
+    ``model_whitened`` returns ``L^-1 m(u)`` for rows of ``u`` (``L L^T = C`` the data
+    covariance), so ``F = J^T J``. ``prior`` adds ``1 / UNIT_BOX_VARIANCE`` to the diagonal
+    of the ``u`` block.
+    """
+    u0 = np.asarray(u0, np.float64)
+    jac = scale * jacobian(model_whitened, u0, step)                     # (d, p)
+    m0 = np.asarray(model_whitened(u0[None]), np.float64)[0]
+    j = np.column_stack([jac, scale * m0])                                # d mu / d ln s
+    f = j.T @ j
+    if prior:
+        f[np.arange(u0.size), np.arange(u0.size)] += 1.0 / UNIT_BOX_VARIANCE
+    return f
+
+
+def marginal_std(fisher: np.ndarray) -> np.ndarray:
+    """Cramer-Rao standard deviations ``sqrt(diag F^-1)`` (all others marginalised); a
+    singular ``F`` (a direction with no information and no prior) gives ``inf`` there."""
+    try:
+        cov = np.linalg.inv(fisher)
+    except np.linalg.LinAlgError:
+        cov = np.linalg.pinv(fisher)
+        d = np.diag(cov).copy()
+        d[np.abs(np.linalg.eigvalsh(fisher)).min() <= 0] = np.inf
+        return np.sqrt(d)
+    d = np.diag(cov)
+    return np.sqrt(np.where(d > 0, d, np.inf))
+
+
+def star_bounds(likelihood, u_true: np.ndarray, step: float = 1e-3) -> np.ndarray:
+    """Cramer-Rao standard deviations (p,) on the unit box for one star.
+
+    ``likelihood`` is a :class:`cvae_pms.diagnostics.reference_mcmc.XPLikelihood` (its data
+    covariance, forward model and whitening); the Fisher matrix is taken at the true
+    parameters ``u_true`` (p,) and the maximum-likelihood flux scale there.
+    """
+    u_true = np.asarray(u_true, np.float64)
+    scale = float(likelihood.best_scale(u_true[None])[0])
+    f = fisher_matrix(likelihood.whitened_model, u_true, scale, step)
+    return marginal_std(f)[:u_true.size]
+
+
+def forecast_scatter(std: np.ndarray, seed: int = 0, draws: int = 200) -> np.ndarray:
+    """Robust scatter (1.4826 MAD) (p,) that estimates with per-star Gaussian errors of
+    standard deviation ``std`` (n, p) would show: Monte Carlo over ``draws`` error draws
+    (median over draws), for comparison with the robust scatter of posterior medians."""
+    std = np.asarray(std, np.float64)
+    rng = np.random.default_rng(seed)
+    e = rng.standard_normal((draws,) + std.shape) * std[None]
+    mad = np.median(np.abs(e - np.median(e, axis=1, keepdims=True)), axis=1)
+    return 1.4826 * np.median(mad, axis=0)
