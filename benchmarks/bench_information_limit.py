@@ -89,18 +89,10 @@ def _mdot_masks(truth: np.ndarray):
 
 
 def _fisher_forecast(meta: dict, obs, theta: np.ndarray) -> np.ndarray:
-    """Cramer-Rao standard deviations (n, 7) in physical units for every star
-    (:mod:`cvae_pms.diagnostics.fisher_bound`, the exact likelihood's covariance)."""
-    from cvae_pms import params
+    """Cramer-Rao standard deviations (n, 7) in physical units for every star."""
     from cvae_pms.diagnostics import fisher_bound, reference_mcmc
-
-    forward = reference_mcmc.builtin_forward(meta)
-    std = np.empty_like(theta)
-    for i in range(theta.shape[0]):
-        like = reference_mcmc.XPLikelihood(forward, obs.bp[i], obs.rp[i], obs.bp_cov[i],
-                                           obs.rp_cov[i], to_physical=params.from_unit)
-        std[i] = fisher_bound.star_bounds(like, params.to_unit(theta[i]))
-    return std * (params.HIGH - params.LOW)
+    return fisher_bound.observation_bounds(reference_mcmc.builtin_forward(meta), theta, obs.bp,
+                                           obs.rp, obs.bp_cov, obs.rp_cov)
 
 
 def _forecast(std: np.ndarray) -> dict:

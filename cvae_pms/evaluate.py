@@ -97,6 +97,7 @@ class EvaluateConfig:
     batch: int = 64
     emcee: int = 0                     # sources with emcee reference posteriors (0 = skip)
     emcee_max_steps: int = 30000
+    fisher: bool = True                # Fisher (Cramer-Rao) forecast of the accuracy limit
     baseline: bool = True
     baseline_rows: int = 20000         # noisy training rows for the baseline
     baseline_max_iter: int = 300
@@ -232,6 +233,9 @@ def evaluate(cfg: EvaluateConfig, log: Callable[[str], None] = print) -> dict:
         observations: dict[str, tuple] = {}
         for i, setting in enumerate(cfg.g_settings):
             res, obs = _evaluate_setting(run, idx, theta, bp0, rp0, setting, cfg, i, log)
+            if cfg.fisher:
+                res["information_limit"] = _information_limit(grid, theta, idx, obs, res,
+                                                              setting, cfg, log)
             result["by_g_mag"][setting.label] = res
             observations[setting.label] = obs
             table_rows += _table_rows(setting.label, setting, "all", int(idx.size),
@@ -384,6 +388,45 @@ def _baseline(run, grid, split: dict, theta: np.ndarray, observations: dict, res
     out["total_s"] = time.perf_counter() - t0
     write_table(_rows_to_table(rows), cfg.out / "baseline_vs_cvae.csv")
     log(f"baseline: done in {out['total_s']:.0f} s; wrote {cfg.out}/baseline_vs_cvae.csv")
+    return out
+
+
+def _information_limit(grid, theta: np.ndarray, idx: np.ndarray, obs: tuple, res: dict,
+                       setting: GSetting, cfg: EvaluateConfig, log: Callable[[str], None]
+                       ) -> dict:
+    """Fisher (Cramer-Rao) forecast of the robust scatter the data allow for the same
+    observations (:mod:`cvae_pms.diagnostics.fisher_bound`), and the CVAE's scatter over it.
+    Skipped (with the reason) when the built-in forward model does not reproduce the grid."""
+    from cvae_pms.diagnostics import fisher_bound, reference_mcmc
+
+    bp, rp, bp_cov, rp_cov, _, samples, _, _ = obs
+    good = np.isfinite(samples).all(axis=(1, 2))
+    try:
+        forward = reference_mcmc.builtin_forward(grid.meta)
+        k = np.flatnonzero(good)[:20]
+        reference_mcmc.check_forward(forward, theta[k], *grid.coefficients(idx[k]),
+                                     what=str(cfg.grid))
+    except reference_mcmc.ReferenceModelError as exc:
+        log(f"G {setting.label}: information limit skipped: {exc}")
+        return {"skipped": str(exc)}
+    t0 = time.perf_counter()
+    std = fisher_bound.observation_bounds(forward, theta[good], bp[good], rp[good],
+                                          bp_cov[good], rp_cov[good])
+    fs = fisher_bound.forecast_scatter(std, seed=cfg.seed)
+    out = {"method": "Fisher matrix of the exact likelihood at the true parameters (flux scale "
+                     "marginalised, box prior as a Gaussian of equal variance); robust scatter "
+                     "of estimates with those per-star errors",
+           "n_sources": int(good.sum()), "wall_s": time.perf_counter() - t0,
+           "per_parameter": {}}
+    for j, name in enumerate(params.NAMES):
+        cvae = res["per_parameter"][name]["scatter"]
+        out["per_parameter"][name] = {
+            "forecast_scatter": float(fs[j]), "median_bound": float(np.median(std[:, j])),
+            "cvae_over_forecast": float(cvae / fs[j]) if fs[j] > 0 else float("nan")}
+    t = out["per_parameter"]["teff"]
+    log(f"G {setting.label}: information limit (Fisher forecast) T_eff {t['forecast_scatter']:.0f}"
+        f" K, CVAE {t['cvae_over_forecast']:.2f}x; A0 "
+        f"{out['per_parameter']['a0']['forecast_scatter']:.3f} mag")
     return out
 
 

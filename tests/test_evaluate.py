@@ -105,6 +105,21 @@ def test_evaluate_cli_writes_consistent_numbers_and_figures(tiny_run):
         for key in ("js_cvae_bits", "js_floor_bits"):
             assert 0 <= e["per_source"][0][key][name] <= 1
     assert e["speed_ratio_emcee_over_cvae"] > 1
+    # Fisher forecast of the accuracy limit on the same observations, per G setting: the mass
+    # has no spectral signature once the flux level is free, so its forecast is the prior's
+    # standard deviation; everything else is constrained below it.
+    assert "limit" in r.output
+    box_sd = (params.HIGH - params.LOW) / np.sqrt(12.0)
+    for lab in ("15", "13-17"):
+        lim = m["by_g_mag"][lab]["information_limit"]
+        assert lim["n_sources"] == 40
+        f = np.array([lim["per_parameter"][n]["forecast_scatter"] for n in params.NAMES])
+        assert np.all(np.isfinite(f)) and np.all(f > 0)
+        k = params.INDEX["mass"]
+        assert f[k] == pytest.approx(box_sd[k], rel=0.15)
+        for name in ("teff", "logg", "a0"):
+            i = params.INDEX[name]
+            assert f[i] < 0.8 * box_sd[i], name
 
 
 def test_evaluate_is_seeded_and_refuses_another_grid(tiny_run, tmp_path):

@@ -30,6 +30,9 @@ from cvae_pms.evaluate import evaluate as run_evaluation
                    "chain on 1 core). 0 skips.")
 @click.option("--emcee-max-steps", type=click.IntRange(min=500), default=30000,
               show_default=True, help="Cap on emcee steps per chain.")
+@click.option("--fisher/--no-fisher", default=True, show_default=True,
+              help="Fisher (Cramer-Rao) forecast of the scatter the data allow, per G "
+                   "(~0.01 s per source; built-in grids only).")
 @click.option("--baseline/--no-baseline", default=True, show_default=True,
               help="Train and score the HistGradientBoosting baseline on the same features.")
 @click.option("--baseline-rows", type=click.IntRange(min=50), default=20000, show_default=True,
@@ -38,7 +41,7 @@ from cvae_pms.evaluate import evaluate as run_evaluation
               help="Output directory (metrics.json/.csv/.ecsv, figures).")
 def evaluate(run_dir: Path, grid: Path, test_split: bool, n: int, g_mags: tuple[str, ...],
                  transits: str, samples: int, seed: int, emcee: int, emcee_max_steps: int,
-                 baseline: bool, baseline_rows: int, out: Path) -> None:
+                 fisher: bool, baseline: bool, baseline_rows: int, out: Path) -> None:
     """Evaluate the trained RUN_DIR on held-out rows of its grid with simulated XP noise."""
     try:
         lo, hi = parse_range(transits, "--transits", integer=True)
@@ -46,16 +49,20 @@ def evaluate(run_dir: Path, grid: Path, test_split: bool, n: int, g_mags: tuple[
                              g_settings=parse_g_mags(g_mags),
                              rows="test" if test_split else "all", n=n,
                              transits=(int(lo), int(hi)), samples=samples, seed=seed,
-                             emcee=emcee, emcee_max_steps=emcee_max_steps, baseline=baseline,
+                             emcee=emcee, emcee_max_steps=emcee_max_steps, fisher=fisher,
+                             baseline=baseline,
                              baseline_rows=baseline_rows)
         result = run_evaluation(cfg, log=click.echo)
     except EvaluationError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"{'G':>7s} {'parameter':10s} {'bias':>10s} {'scatter':>10s} {'cov68':>6s} "
-               f"{'cov95':>6s} {'P-P p':>7s}")
+               f"{'cov95':>6s} {'P-P p':>7s} {'limit':>10s}")
     for label, res in result["by_g_mag"].items():
+        lim = res.get("information_limit", {}).get("per_parameter", {})
         for name, m in res["per_parameter"].items():
+            f = lim.get(name, {}).get("forecast_scatter", float("nan"))
             click.echo(f"{label:>7s} {name:10s} {m['bias']:10.4g} {m['scatter']:10.4g} "
-                       f"{m['coverage68']:6.3f} {m['coverage95']:6.3f} {m['pp_pvalue']:7.3f}")
+                       f"{m['coverage68']:6.3f} {m['coverage95']:6.3f} {m['pp_pvalue']:7.3f} "
+                       f"{f:10.4g}")
     click.echo(f"TARP max deviation (G {result['primary_g']}): "
                f"{result['tarp']['max_deviation']:.3f}")
