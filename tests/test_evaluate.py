@@ -145,3 +145,30 @@ def test_evaluate_is_seeded_and_refuses_another_grid(tiny_run, tmp_path):
     r = CliRunner().invoke(main, ["evaluate", str(run), "--grid", str(grid), "--g-mag", "x",
                                   "--out", str(tmp_path / "x")])
     assert r.exit_code == 1 and "--g-mag" in r.output
+
+
+def test_information_limit_is_skipped_for_a_grid_the_builtin_model_cannot_make(tmp_path):
+    """A grid whose coefficients the built-in forward model does not reproduce (e.g. an
+    ingested grid of another model) gets a recorded skip, not a meaningless bound."""
+    from cvae_pms.evaluate import EvaluateConfig, _information_limit
+
+    rng = np.random.default_rng(5)
+    n = 4
+    theta = params.from_unit(rng.uniform(size=(n, params.N_PARAMS)))
+    other = rng.normal(size=(n, 55)) + 10.0
+
+    class OtherGrid:
+        meta: dict = {}
+
+        def coefficients(self, idx):
+            return other[: len(idx)], other[: len(idx)]
+
+    cov = np.broadcast_to(np.eye(55), (n, 55, 55))
+    obs = (other, other, cov, cov, None, np.zeros((n, 3, params.N_PARAMS)), None, None)
+    cfg = EvaluateConfig(run_dir=tmp_path, grid=tmp_path / "other.h5", out=tmp_path,
+                         g_settings=[GSetting(15.0, 15.0)])
+    messages = []
+    res = _information_limit(OtherGrid(), theta, np.arange(n), obs, {}, GSetting(15.0, 15.0),
+                             cfg, messages.append)
+    assert "skipped" in res and "does not reproduce" in res["skipped"]
+    assert any("information limit skipped" in m for m in messages)
