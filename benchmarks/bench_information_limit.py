@@ -69,23 +69,19 @@ def _score(med: np.ndarray, lo: np.ndarray, hi: np.ndarray, truth: np.ndarray) -
     return out
 
 
-def _by_mdot(med, lo, hi, truth) -> dict:
+def _mdot_masks(truth: np.ndarray):
+    """(label, mask) of the log Mdot bins holding at least 3 of the stars ``truth`` (n, 7)."""
     from cvae_pms import params
     j = params.NAMES.index("log_mdot")
-    out = {}
     for a, b in MDOT_BINS:
         sel = (truth[:, j] >= a) & (truth[:, j] < b + 1e-9)
         if sel.sum() >= 3:
-            out[f"{a:g}..{b:g}"] = {"n": int(sel.sum()),
-                                   **_score(med[sel], lo[sel], hi[sel], truth[sel])}
-    return out
+            yield f"{a:g}..{b:g}", sel
 
 
-def _mdot_masks(truth: np.ndarray):
-    from cvae_pms import params
-    j = params.NAMES.index("log_mdot")
-    for a, b in MDOT_BINS:
-        yield a, b, (truth[:, j] >= a) & (truth[:, j] < b + 1e-9)
+def _by_mdot(med, lo, hi, truth) -> dict:
+    return {label: {"n": int(sel.sum()), **_score(med[sel], lo[sel], hi[sel], truth[sel])}
+            for label, sel in _mdot_masks(truth)}
 
 
 def _fisher_forecast(meta: dict, obs, theta: np.ndarray) -> np.ndarray:
@@ -145,9 +141,8 @@ def main() -> None:
     fisher_std = _fisher_forecast(meta, obs, theta)
     out["fisher"] = {"n": int(theta.shape[0]),
                      "all": _forecast(fisher_std),
-                     "by_log_mdot": {f"{lo_:g}..{hi_:g}": {"n": int(m.sum()),
-                                                          **_forecast(fisher_std[m])}
-                                     for lo_, hi_, m in _mdot_masks(theta) if m.sum() >= 3},
+                     "by_log_mdot": {label: {"n": int(m.sum()), **_forecast(fisher_std[m])}
+                                     for label, m in _mdot_masks(theta)},
                      "first_k": _forecast(fisher_std[:k]) if k >= 3 else None,
                      "per_star_bound": fisher_std.tolist()}
     results = []

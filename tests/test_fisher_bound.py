@@ -64,3 +64,10 @@ def test_builtin_model_bound_tightens_for_brighter_stars():
         assert bright[i] < 0.7 * faint[i], (name, bright[i], faint[i])
     m = params.INDEX["mass"]
     assert faint[m] > 0.9 * np.sqrt(fb.UNIT_BOX_VARIANCE) * (params.HIGH[m] - params.LOW[m])
+
+
+def test_singular_fisher_gives_inf_only_where_the_null_direction_reaches():
+    f = np.array([[4.0, 0.5, 0.0], [0.5, 1.0, 0.0], [0.0, 0.0, 0.0]])
+    std = fb.marginal_std(f)
+    np.testing.assert_allclose(std[:2], np.sqrt(np.diag(np.linalg.inv(f[:2, :2]))), rtol=1e-10)
+    assert np.isinf(std[2])

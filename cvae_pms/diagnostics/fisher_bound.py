@@ -69,17 +69,15 @@ def fisher_matrix(model_whitened: Callable[[np.ndarray], np.ndarray], u0: np.nda
 
 
 def marginal_std(fisher: np.ndarray) -> np.ndarray:
-    """Cramer-Rao standard deviations ``sqrt(diag F^-1)`` (all others marginalised); a
-    singular ``F`` (a direction with no information and no prior) gives ``inf`` there."""
-    try:
-        cov = np.linalg.inv(fisher)
-    except np.linalg.LinAlgError:
-        cov = np.linalg.pinv(fisher)
-        d = np.diag(cov).copy()
-        d[np.abs(np.linalg.eigvalsh(fisher)).min() <= 0] = np.inf
-        return np.sqrt(d)
-    d = np.diag(cov)
-    return np.sqrt(np.where(d > 0, d, np.inf))
+    """Cramer-Rao standard deviations ``sqrt(diag F^-1)`` (all others marginalised). A
+    singular ``F`` (a direction with no information and no prior) gives ``inf`` for every
+    parameter that direction involves."""
+    w, v = np.linalg.eigh(fisher)
+    null = w <= 1e-12 * max(float(w.max()), 0.0)
+    keep = ~null
+    d = (v[:, keep] ** 2) @ (1.0 / w[keep])
+    d[np.any(np.abs(v[:, null]) > 1e-8, axis=1)] = np.inf
+    return np.sqrt(d)
 
 
 def star_bounds(likelihood, u_true: np.ndarray, step: float = 1e-3) -> np.ndarray:
