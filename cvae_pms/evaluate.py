@@ -231,10 +231,11 @@ def evaluate(cfg: EvaluateConfig, log: Callable[[str], None] = print) -> dict:
         }
         table_rows: list[dict] = []
         observations: dict[str, tuple] = {}
+        limit_model = _limit_model(grid, theta, idx, cfg, log) if cfg.fisher else None
         for i, setting in enumerate(cfg.g_settings):
             res, obs = _evaluate_setting(run, idx, theta, bp0, rp0, setting, cfg, i, log)
             if cfg.fisher:
-                res["information_limit"] = _information_limit(grid, theta, idx, obs, res,
+                res["information_limit"] = _information_limit(limit_model, theta, obs, res,
                                                               setting, cfg, log)
             result["by_g_mag"][setting.label] = res
             observations[setting.label] = obs
@@ -391,24 +392,33 @@ def _baseline(run, grid, split: dict, theta: np.ndarray, observations: dict, res
     return out
 
 
-def _information_limit(grid, theta: np.ndarray, idx: np.ndarray, obs: tuple, res: dict,
-                       setting: GSetting, cfg: EvaluateConfig, log: Callable[[str], None]
-                       ) -> dict:
-    """Fisher (Cramer-Rao) forecast of the robust scatter the data allow for the same
-    observations (:mod:`cvae_pms.diagnostics.fisher_bound`), and the CVAE's scatter over it.
-    Skipped (with the reason) when the built-in forward model does not reproduce the grid."""
-    from cvae_pms.diagnostics import fisher_bound, reference_mcmc
+def _limit_model(grid, theta: np.ndarray, idx: np.ndarray, cfg: EvaluateConfig,
+                 log: Callable[[str], None]):
+    """The built-in forward model for the Fisher forecast, or the reason (str) it cannot
+    serve: it must reproduce the grid's coefficients (checked once, on up to 20 rows)."""
+    from cvae_pms.diagnostics import reference_mcmc
 
-    bp, rp, bp_cov, rp_cov, _, samples, _, _ = obs
-    good = np.isfinite(samples).all(axis=(1, 2))
     try:
         forward = reference_mcmc.builtin_forward(grid.meta)
-        k = np.flatnonzero(good)[:20]
-        reference_mcmc.check_forward(forward, theta[k], *grid.coefficients(idx[k]),
+        reference_mcmc.check_forward(forward, theta[:20], *grid.coefficients(idx[:20]),
                                      what=str(cfg.grid))
     except reference_mcmc.ReferenceModelError as exc:
-        log(f"G {setting.label}: information limit skipped: {exc}")
-        return {"skipped": str(exc)}
+        log(f"information limit skipped: {exc}")
+        return str(exc)
+    return forward
+
+
+def _information_limit(forward, theta: np.ndarray, obs: tuple, res: dict, setting: GSetting,
+                       cfg: EvaluateConfig, log: Callable[[str], None]) -> dict:
+    """Fisher (Cramer-Rao) forecast of the robust scatter the data allow for the same
+    observations (:mod:`cvae_pms.diagnostics.fisher_bound`), and the CVAE's scatter over it.
+    ``forward`` comes from :func:`_limit_model`; a str there (the reason) records a skip."""
+    from cvae_pms.diagnostics import fisher_bound
+
+    if isinstance(forward, str):
+        return {"skipped": forward}
+    bp, rp, bp_cov, rp_cov, _, samples, _, _ = obs
+    good = np.isfinite(samples).all(axis=(1, 2))
     t0 = time.perf_counter()
     std = fisher_bound.observation_bounds(forward, theta[good], bp[good], rp[good],
                                           bp_cov[good], rp_cov[good])

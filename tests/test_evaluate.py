@@ -150,7 +150,7 @@ def test_evaluate_is_seeded_and_refuses_another_grid(tiny_run, tmp_path):
 def test_information_limit_is_skipped_for_a_grid_the_builtin_model_cannot_make(tmp_path):
     """A grid whose coefficients the built-in forward model does not reproduce (e.g. an
     ingested grid of another model) gets a recorded skip, not a meaningless bound."""
-    from cvae_pms.evaluate import EvaluateConfig, _information_limit
+    from cvae_pms.evaluate import EvaluateConfig, _information_limit, _limit_model
 
     rng = np.random.default_rng(5)
     n = 4
@@ -168,7 +168,7 @@ def test_information_limit_is_skipped_for_a_grid_the_builtin_model_cannot_make(t
     cfg = EvaluateConfig(run_dir=tmp_path, grid=tmp_path / "other.h5", out=tmp_path,
                          g_settings=[GSetting(15.0, 15.0)])
     messages = []
-    res = _information_limit(OtherGrid(), theta, np.arange(n), obs, {}, GSetting(15.0, 15.0),
-                             cfg, messages.append)
+    model = _limit_model(OtherGrid(), theta, np.arange(n), cfg, messages.append)
+    res = _information_limit(model, theta, obs, {}, GSetting(15.0, 15.0), cfg, messages.append)
     assert "skipped" in res and "does not reproduce" in res["skipped"]
     assert any("information limit skipped" in m for m in messages)

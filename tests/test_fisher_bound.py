@@ -22,7 +22,9 @@ def test_linear_model_fisher_is_exact():
 
 def test_jacobian_is_one_sided_at_the_box_edges():
     b = np.random.default_rng(2).normal(size=(10, 2))
-    np.testing.assert_allclose(fb.jacobian(_linear(b), np.array([0.0, 1.0])), b, rtol=1e-8)
+    jac, value = fb.jacobian(_linear(b), np.array([0.0, 1.0]))
+    np.testing.assert_allclose(jac, b, rtol=1e-8)
+    np.testing.assert_allclose(value, b @ [0.0, 1.0] + 5.0, rtol=1e-12)
 
 
 def test_invisible_parameter_keeps_its_prior_width_and_noise_scales_the_bound():

@@ -35,19 +35,19 @@ UNIT_BOX_VARIANCE = 1.0 / 12.0
 
 
 def jacobian(model: Callable[[np.ndarray], np.ndarray], u0: np.ndarray, step: float = 1e-3
-             ) -> np.ndarray:
+             ) -> tuple[np.ndarray, np.ndarray]:
     """Finite-difference Jacobian ``d m / d u`` (d, p) of ``model`` (rows (w, p) -> (w, d)) at
-    ``u0`` (p,) on the unit box; central where ``u0 +- step`` stays inside [0, 1], else
-    one-sided. All 2p points go to ``model`` in one call."""
+    ``u0`` (p,) on the unit box, and the value ``m(u0)`` (d,); central where ``u0 +- step``
+    stays inside [0, 1], else one-sided. All 2p + 1 points go to ``model`` in one call."""
     u0 = np.asarray(u0, np.float64)
     p = u0.size
     up = np.minimum(u0 + step, 1.0)
     lo = np.maximum(u0 - step, 0.0)
-    pts = np.repeat(u0[None], 2 * p, axis=0)
+    pts = np.repeat(u0[None], 2 * p + 1, axis=0)
     pts[np.arange(p), np.arange(p)] = up
     pts[p + np.arange(p), np.arange(p)] = lo
     m = np.asarray(model(pts), np.float64)
-    return ((m[:p] - m[p:]) / (up - lo)[:, None]).T
+    return ((m[:p] - m[p:2 * p]) / (up - lo)[:, None]).T, m[2 * p]
 
 
 def fisher_matrix(model_whitened: Callable[[np.ndarray], np.ndarray], u0: np.ndarray,
@@ -59,9 +59,8 @@ def fisher_matrix(model_whitened: Callable[[np.ndarray], np.ndarray], u0: np.nda
     of the ``u`` block.
     """
     u0 = np.asarray(u0, np.float64)
-    jac = scale * jacobian(model_whitened, u0, step)                     # (d, p)
-    m0 = np.asarray(model_whitened(u0[None]), np.float64)[0]
-    j = np.column_stack([jac, scale * m0])                                # d mu / d ln s
+    jac, m0 = jacobian(model_whitened, u0, step)                          # (d, p), (d,)
+    j = scale * np.column_stack([jac, m0])                                # d mu / d ln s = s m
     f = j.T @ j
     if prior:
         f[np.arange(u0.size), np.arange(u0.size)] += 1.0 / UNIT_BOX_VARIANCE
