@@ -108,12 +108,14 @@ class EvaluateConfig:
 
 # ------------------------------------------------------------------------------ helpers
 def _simulate(bp0: np.ndarray, rp0: np.ndarray, g: np.ndarray, n_transits: np.ndarray,
-              rng: np.random.Generator, errors_from: str = "observed"
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Noisy coefficients and covariances ``(bp, rp, bp_cov, rp_cov)`` at G ``g`` (n,)."""
+              rng: np.random.Generator, errors_from: str = "observed", teff=None,
+              model_error=None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Noisy coefficients and covariances ``(bp, rp, bp_cov, rp_cov)`` at G ``g`` (n,); the
+    model error drawn at ``teff`` (n,) [K] from ``model_error`` (default: the shipped term)."""
     from cvae_pms.simulate import SimulateError, simulate_observations
     try:
-        obs = simulate_observations(bp0, rp0, g, n_transits, rng, errors_from=errors_from)
+        obs = simulate_observations(bp0, rp0, g, n_transits, rng, errors_from=errors_from,
+                                    teff=teff, model_error_term=model_error)
     except SimulateError as exc:
         raise EvaluationError(f"simulating observations: {exc}") from exc
     return obs.bp, obs.rp, obs.bp_cov, obs.rp_cov
@@ -132,6 +134,18 @@ class HeldOutObservations:
     rp_cov: np.ndarray
 
 
+def run_model_error(run):
+    """The model-error term a run was trained with: ``RUN/model_error.npz``, else the one its
+    config names (runs made before the empirical term: the parametric one)."""
+    from cvae_pms.xp.model_error import ModelError
+    path = Path(run.path) / "model_error.npz"
+    if path.is_file():
+        return ModelError.from_file(path)
+    noise = dict(run.config.get("noise", {}))
+    noise.setdefault("model_error", "parametric")
+    return ModelError.from_config(noise)
+
+
 def select_rows(rows: np.ndarray, n: int, seed: int) -> np.ndarray:
     """The grid rows ``evaluate`` scores: ``min(n, rows.size)`` of ``rows`` drawn without
     replacement by numpy stream ``[seed, 1]`` (``seed`` = ``--seed``), sorted."""
@@ -141,17 +155,20 @@ def select_rows(rows: np.ndarray, n: int, seed: int) -> np.ndarray:
 
 def draw_observations(bp0: np.ndarray, rp0: np.ndarray, setting: GSetting,
                       transits: tuple[int, int], seed: int, index: int = 0,
-                      errors_from: str = "observed") -> HeldOutObservations:
+                      errors_from: str = "observed", teff=None,
+                      model_error=None) -> HeldOutObservations:
     """Observe noise-free coefficients ``bp0, rp0`` (n, 55) as ``evaluate`` does for its
     ``index``-th G setting: numpy stream ``[seed, 100 + index]`` (``seed`` = ``--seed``) draws
     G [mag] (``setting.low``, or uniform in the range), integer transits uniform in
     ``transits`` (inclusive), then the noise and model error of
-    :func:`cvae_pms.simulate.simulate_observations` (``errors_from`` as there)."""
+    :func:`cvae_pms.simulate.simulate_observations` (``errors_from``, ``teff`` [K] (n,) and
+    the ``model_error`` term as there)."""
     n = len(bp0)
     rng = np.random.default_rng([seed, 100 + index])
     g = rng.uniform(setting.low, setting.high, n) if setting.is_range else np.full(n, setting.low)
     nt = rng.integers(int(transits[0]), int(transits[1]) + 1, n)
-    return HeldOutObservations(g, nt, *_simulate(bp0, rp0, g, nt, rng, errors_from))
+    return HeldOutObservations(g, nt, *_simulate(bp0, rp0, g, nt, rng, errors_from, teff,
+                                                 model_error))
 
 
 def parameter_table(samples: np.ndarray, truth: np.ndarray, sbc_bins: int = 20
@@ -267,7 +284,8 @@ def _evaluate_setting(run, idx: np.ndarray, theta: np.ndarray, bp0: np.ndarray,
                       log: Callable[[str], None]) -> tuple[dict, tuple]:
     """Simulate, sample and score one G setting; draws its figures."""
     t0 = time.perf_counter()
-    ob = draw_observations(bp0, rp0, setting, cfg.transits, cfg.seed, i)
+    ob = draw_observations(bp0, rp0, setting, cfg.transits, cfg.seed, i,
+                           teff=theta[:, params.INDEX["teff"]], model_error=run_model_error(run))
     g, nt, bp, rp, bp_cov, rp_cov = ob.g, ob.n_transits, ob.bp, ob.rp, ob.bp_cov, ob.rp_cov
     # Warm-up: trace the compiled feature and sampler functions outside the timing.
     run.sample(bp[:1], rp[:1], bp_cov[:1], rp_cov[:1], n_samples=cfg.samples, seed=0,
@@ -357,7 +375,8 @@ def _baseline(run, grid, split: dict, theta: np.ndarray, observations: dict, res
     g = rng.uniform(g_lo, g_hi, pick.size)
     nt = rng.integers(t_lo, t_hi + 1, pick.size)
     t0 = time.perf_counter()
-    obs = _simulate(bp_t, rp_t, g, nt, rng)
+    obs = _simulate(bp_t, rp_t, g, nt, rng, teff=th_train[:, params.INDEX["teff"]],
+                    model_error=run_model_error(run))
     y_train, _ = run.features(*obs)
     ok = np.isfinite(y_train).all(axis=1)
     log(f"baseline: fitting 3 x 7 HistGradientBoosting models on {int(ok.sum())} noisy "

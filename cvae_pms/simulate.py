@@ -63,13 +63,14 @@ class Observations:
 
 
 def draw_model_error_coefficients(bp: np.ndarray, rp: np.ndarray, rng: np.random.Generator,
-                                  noise_model: NoiseModel | None = None
-                                  ) -> tuple[np.ndarray, np.ndarray]:
+                                  noise_model: NoiseModel | None = None, teff=None,
+                                  model_error=None) -> tuple[np.ndarray, np.ndarray]:
     """Coefficient perturbations (dbp, drp), each (n, 55), of one forward-model-error draw.
 
     The flux-space draw is the one training adds (:class:`cvae_pms.train.TrainingNoise`):
-    ``model_error_fraction x |flux| x z`` with ``z`` Gaussian-correlated over
-    ``model_error_corr_nm`` (:func:`cvae_pms.xp.noise.draw_model_error`), ``flux`` the
+    ``|flux| delta`` with ``delta`` from :meth:`cvae_pms.xp.model_error.ModelError.draw` at the
+    stars' true ``teff`` [K] (n,) (None: the population-average term), ``model_error`` the term
+    (default :meth:`~cvae_pms.xp.model_error.ModelError.default`), ``flux`` the
     calibrated flux (W m^-2 nm^-1, 343 pixels) of the given coefficients. It is mapped to
     coefficients with the ridge least-squares matrix of
     :func:`cvae_pms.xp.flux_fit.ridge_projection` (linear, so exact for the 110-dim part of the
@@ -78,33 +79,41 @@ def draw_model_error_coefficients(bp: np.ndarray, rp: np.ndarray, rng: np.random
     from cvae_pms.xp.flux_fit import ridge_projection
     from cvae_pms.xp.sampling import sampled_flux
 
+    from cvae_pms.xp.model_error import ModelError
     flux = sampled_flux(bp, rp)
-    d = draw_model_error(flux, rng, noise_model) @ ridge_projection(MODEL_ERROR_RIDGE_ALPHA).T
+    term = model_error or ModelError.default()
+    d = term.draw(flux, teff, rng) @ ridge_projection(MODEL_ERROR_RIDGE_ALPHA).T
     return d[:, :55], d[:, 55:]
 
 
 def model_error_coefficient_covariance(bp: np.ndarray, rp: np.ndarray,
-                                       noise_model: NoiseModel | None = None) -> np.ndarray:
+                                       noise_model: NoiseModel | None = None,
+                                       teff: float | None = None, model_error=None) -> np.ndarray:
     """Covariance (110, 110), BP then RP, of :func:`draw_model_error_coefficients`: ``P S P^T``.
 
-    ``S`` (343, 343) is :func:`cvae_pms.xp.noise.model_error_covariance` at the calibrated flux
-    of ``bp``/``rp`` (55,), ``P`` the same ridge map (110, 343).
+    ``S`` (343, 343) = ``flux_i C_ij(T_eff) flux_j`` with ``C`` the fractional model-error
+    covariance (:meth:`cvae_pms.xp.model_error.ModelError.covariance`; ``teff`` None: the
+    node average) at the calibrated flux of ``bp``/``rp`` (55,), ``P`` the same ridge map
+    (110, 343).
     """
     from cvae_pms.xp.flux_fit import ridge_projection
-    from cvae_pms.xp.noise import model_error_covariance
+    from cvae_pms.xp.model_error import ModelError
     from cvae_pms.xp.sampling import sampled_flux
 
     proj = ridge_projection(MODEL_ERROR_RIDGE_ALPHA)
-    flux = sampled_flux(np.asarray(bp, np.float64).reshape(1, 55),
-                        np.asarray(rp, np.float64).reshape(1, 55))
-    cov = proj @ model_error_covariance(flux, noise_model)[0] @ proj.T
+    flux = np.abs(sampled_flux(np.asarray(bp, np.float64).reshape(1, 55),
+                               np.asarray(rp, np.float64).reshape(1, 55)))[0]
+    term = model_error or ModelError.default()
+    s = flux[:, None] * term.covariance(teff) * flux[None, :]
+    cov = proj @ s @ proj.T
     return 0.5 * (cov + cov.T)
 
 
 def simulate_observations(bp: np.ndarray, rp: np.ndarray, g_mag: np.ndarray | float,
                           n_transits: np.ndarray | float, rng: np.random.Generator,
                           noise_model: NoiseModel | None = None,
-                          model_error: bool = True, errors_from: str = "observed") -> Observations:
+                          model_error: bool = True, errors_from: str = "observed",
+                          teff: np.ndarray | None = None, model_error_term=None) -> Observations:
     """Scale noise-free coefficients to ``g_mag`` and draw one noisy observation per row.
 
     As in training: coefficient noise ``N(c, Cov(c))`` first, then (``model_error``) a
@@ -121,6 +130,9 @@ def simulate_observations(bp: np.ndarray, rp: np.ndarray, g_mag: np.ndarray | fl
         rng: numpy Generator for the noise.
         noise_model: XP noise constants (default :meth:`NoiseModel.default`).
         model_error: add the model-error perturbation (default True).
+        teff: (n,) true T_eff [K] of the rows, for the T_eff-dependent model error (None: the
+            population-average term).
+        model_error_term: the :class:`~cvae_pms.xp.model_error.ModelError` (default: shipped).
 
     Returns:
         :class:`Observations` with the noisy coefficients, their covariances, G, transits and the
@@ -139,7 +151,8 @@ def simulate_observations(bp: np.ndarray, rp: np.ndarray, g_mag: np.ndarray | fl
     obs_bp, obs_rp, cov_bp, cov_rp = draw_observation(bp_s, rp_s, nt, rng, noise_model,
                                                       errors_from)
     if model_error:
-        d_bp, d_rp = draw_model_error_coefficients(obs_bp, obs_rp, rng, noise_model)
+        d_bp, d_rp = draw_model_error_coefficients(obs_bp, obs_rp, rng, noise_model, teff,
+                                                   model_error_term)
         obs_bp, obs_rp = obs_bp + d_bp, obs_rp + d_rp
     return Observations(obs_bp, obs_rp, cov_bp, cov_rp, g, nt, np.asarray(factor, float))
 
@@ -204,6 +217,14 @@ def _forward(theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
     wl = table_wavelength_nm()
     return sed_to_coefficients(sed_flux(theta, wl, FORWARD_DISTANCE_PC), wl)
+
+
+def _run_model_error(run_dir):
+    """The model-error term a run was trained with (``RUN/model_error.npz``), else None."""
+    from cvae_pms.xp.model_error import ModelError
+    if run_dir is not None and (Path(run_dir) / "model_error.npz").is_file():
+        return ModelError.from_file(Path(run_dir) / "model_error.npz")
+    return None
 
 
 def run_test_rows(run_dir: str | os.PathLike, grid) -> np.ndarray:
@@ -323,7 +344,9 @@ def simulate(out: str | os.PathLike, g_range: tuple[float, float], transit_range
     g = rng.uniform(g_range[0], g_range[1], size=m) if g_range[1] > g_range[0] else np.full(m, g_range[0])
     nt = rng.integers(int(transit_range[0]), int(transit_range[1]) + 1, size=m).astype(float)
     noise_model = noise_model or NoiseModel.default()
-    obs = simulate_observations(bp, rp, g, nt, rng, noise_model, model_error=model_error)
+    obs = simulate_observations(bp, rp, g, nt, rng, noise_model, model_error=model_error,
+                                teff=theta[:, P.INDEX["teff"]],
+                                model_error_term=_run_model_error(run_dir))
     source_id = np.arange(1, m + 1, dtype=np.int64)
     extra: dict[str, np.ndarray] = {"phot_g_mean_mag": obs.g_mag,
                                     "bp_n_measurements": obs.n_transits.astype(np.int64),

@@ -41,7 +41,10 @@ DEFAULT_CONFIG: dict = {
         "early_stopping_patience": 20, "steps_per_epoch": 0, "standardisation_rows": 8192,
         "jit_compile": False, "checkpoints_kept": 2, "noise_copies": 1,
     },
-    "noise": {"g_min": 9.0, "g_max": 17.65, "transits_min": 15, "transits_max": 80},
+    # model_error: "empirical" (measured on real stars, T_eff dependent; the default) or
+    # "parametric" (the noise model's fixed model_error_fraction / model_error_corr_nm).
+    "noise": {"g_min": 9.0, "g_max": 17.65, "transits_min": 15, "transits_max": 80,
+              "model_error": "empirical"},
     # Luminosity channel (parallax + flux level, see cvae_pms.astrometry); off = spectrum-only.
     "luminosity": {"enabled": False, "frac_error_min": 0.01, "frac_error_max": 0.3,
                    "drop_fraction": 0.2, "min_parallax_over_error": 5.0,
@@ -163,20 +166,31 @@ class TrainingNoise:
     ``observe_at`` (fixed G and transits) is what the noise-parity test compares with a
     simulated observation; ``observe`` draws G ~ U(g_min, g_max) and integer transits
     ~ U{transits_min..transits_max} per row first. All random numbers are stateless.
+    The forward-model error (:class:`cvae_pms.xp.model_error.ModelError`, from the config's
+    ``noise.model_error`` unless given) is drawn at each row's true T_eff (``teff``; None:
+    the population-average term).
     """
 
-    def __init__(self, featuriser, noise_model, noise_cfg: dict):
+    def __init__(self, featuriser, noise_model, noise_cfg: dict, model_error=None):
         import tensorflow as tf
-        from cvae_pms.xp.noise import model_error_correlation_cholesky
+        from cvae_pms.xp.model_error import ModelError
         self.tf = tf
         self.feat = featuriser
         self.model = noise_model
         self.cfg = dict(noise_cfg)
-        self.me_chol_t = tf.constant(model_error_correlation_cholesky(noise_model).T, tf.float32)
-        self.me_frac = float(noise_model.model_error_fraction)
+        self.model_error = model_error or ModelError.from_config(self.cfg, noise_model)
+        # The flux-space draw goes through flux -> coefficients -> flux (the ridge map that
+        # simulate uses, cvae_pms.simulate.MODEL_ERROR_RIDGE_ALPHA): an XP spectrum can carry
+        # only the part of a perturbation its 110 coefficients can express.
+        from cvae_pms.simulate import MODEL_ERROR_RIDGE_ALPHA
+        from cvae_pms.xp.flux_fit import ridge_projection
+        from cvae_pms.xp.sampling import calibration_matrices
+        a = np.vstack(calibration_matrices())
+        self.me_projection = tf.constant(ridge_projection(MODEL_ERROR_RIDGE_ALPHA).T @ a,
+                                         tf.float32)
 
     def observe_at(self, bp0, rp0, g0, g, n_transits, seed, standardise: bool = True,
-                   copies: int = 1):
+                   copies: int = 1, teff=None):
         """Features (n k, 686) and log10 norm (n k,) of noisy observations at magnitude ``g``.
 
         ``bp0, rp0`` (n, 55) noiseless coefficients of magnitude ``g0`` (n,); ``g`` and
@@ -205,14 +219,15 @@ class TrainingNoise:
         chols_obs = tf_information_cholesky(obs[0], obs[1], nt_obs, self.model)
         var = self.feat.flux_variance_from_information(obs[0], obs[1], chols_obs)
         flux, unit = self.feat.scaled_flux(obs[0], obs[1])
-        z = tf.random.stateless_normal(tf.shape(flux), seed=seeds[2]) @ self.me_chol_t
-        flux = flux + self.me_frac * tf.abs(flux) * z
+        t_rep = None if teff is None else tf.repeat(tf.reshape(teff, [-1]), copies, axis=0)
+        flux = flux + self.model_error.tf_draw(flux, t_rep, seeds[2]) @ self.me_projection
         var = var + self.feat.model_error_variance(flux)
         return self.feat.from_flux(flux, var, unit, standardise)
 
     def observe(self, bp0, rp0, g0, seed, standardise: bool = True, copies: int = 1,
-                return_g: bool = False):
-        """:meth:`observe_at` with G and transits drawn per row (``return_g``: also G (n,))."""
+                return_g: bool = False, teff=None):
+        """:meth:`observe_at` with G and transits drawn per row (``return_g``: also G (n,));
+        ``teff`` (n,) [K] the rows' true T_eff for the model-error draw."""
         tf = self.tf
         c = self.cfg
         seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 3)
@@ -220,7 +235,7 @@ class TrainingNoise:
         g = tf.random.stateless_uniform(n, seeds[0], c["g_min"], c["g_max"])
         nt = tf.floor(tf.random.stateless_uniform(n, seeds[1], float(c["transits_min"]),
                                                   float(c["transits_max"]) + 1.0))
-        out = self.observe_at(bp0, rp0, g0, g, nt, seeds[2], standardise, copies)
+        out = self.observe_at(bp0, rp0, g0, g, nt, seeds[2], standardise, copies, teff)
         return (*out, g) if return_g else out
 
 
@@ -283,8 +298,19 @@ class GridRows:
     def take(self, idx: np.ndarray) -> "GridRows":
         return GridRows(self.bp[idx], self.rp[idx], self.g[idx], self.x[idx])
 
+    @property
+    def teff(self) -> np.ndarray:
+        """(n,) true T_eff [K] (for the T_eff-dependent model-error draw)."""
+        return unit_teff(self.x)
+
     def __len__(self) -> int:
         return len(self.g)
+
+
+def unit_teff(x):
+    """T_eff [K] from [0, 1]-scaled parameters (n, 7) (numpy or TF tensors alike)."""
+    i = P.INDEX["teff"]
+    return float(P.LOW[i]) + x[:, i] * float(P.HIGH[i] - P.LOW[i])
 
 
 def read_grid_rows(grid) -> GridRows:
@@ -486,6 +512,13 @@ def train(grid_path: str | Path, config: str | Path, out: str | Path, *, resume:
     train_rows = rows.take(split["train"])
     val_rows = rows.take(split["val"][:tcfg["val_max_rows"]])
     noise_model = noise_model or NoiseModel.default()
+    from cvae_pms.xp.model_error import ModelError, ModelErrorError
+    try:
+        model_error = (ModelError.from_file(run / "model_error.npz")
+                       if resume and (run / "model_error.npz").is_file()
+                       else ModelError.from_config(ncfg, noise_model))
+    except ModelErrorError as exc:
+        raise TrainingError(str(exc)) from exc
     copies = int(tcfg["noise_copies"])
     if copies < 1 or tcfg["batch_size"] % copies:
         raise TrainingError(f"training.noise_copies = {copies} must be >= 1 and divide "
@@ -503,10 +536,10 @@ def train(grid_path: str | Path, config: str | Path, out: str | Path, *, resume:
         spec = FeatureSpec.load(run)
         feat = Featuriser(spec)
     else:
-        spec = FeatureSpec(model_error_frac=np.full(343, noise_model.model_error_fraction),
+        spec = FeatureSpec(model_error_frac=model_error.reference_fraction,
                            luminosity=bool(lcfg["enabled"]))
         feat = Featuriser(spec)
-    noise = TrainingNoise(feat, noise_model, ncfg)
+    noise = TrainingNoise(feat, noise_model, ncfg, model_error)
     lum = TrainingLuminosity(feat, lcfg, d_ref) if lcfg["enabled"] else None
     if not resume:
         k = min(len(train_rows), tcfg["standardisation_rows"])
@@ -515,7 +548,8 @@ def train(grid_path: str | Path, config: str | Path, out: str | Path, *, resume:
             sl = slice(i, min(i + 1024, k))
             s_i = tf.constant([seed, 2**31 - 2 - i], tf.int64)
             y, lg, g = noise.observe(train_rows.bp[sl], train_rows.rp[sl], train_rows.g[sl],
-                                     s_i, standardise=False, return_g=True)
+                                     s_i, standardise=False, return_g=True,
+                                     teff=train_rows.teff[sl].astype(np.float32))
             raw.append(y.numpy())
             if lum is not None:
                 value, error, present = lum.raw(lg, train_rows.g[sl], g,
@@ -543,7 +577,7 @@ def train(grid_path: str | Path, config: str | Path, out: str | Path, *, resume:
         s_i = tf.constant([seed, 2**31 - 3 - i], tf.int64)
         sl = slice(i, i + 1024)
         y, lg, g = noise.observe(val_rows.bp[sl], val_rows.rp[sl], val_rows.g[sl], s_i,
-                                 return_g=True)
+                                 return_g=True, teff=val_rows.teff[sl].astype(np.float32))
         if lum is not None:
             y = tf.concat([y, lum.inputs(lg, val_rows.g[sl], g,
                                          tf.random.experimental.stateless_fold_in(s_i, 7))], 1)
@@ -588,6 +622,7 @@ def train(grid_path: str | Path, config: str | Path, out: str | Path, *, resume:
                            noise={**noise_model.to_dict(), "training": ncfg,
                                   "feature_version": FEATURE_VERSION},
                            split=split)
+        model_error.save(run / "model_error.npz")
 
     n_rep = strategy.num_replicas_in_sync
 
@@ -595,7 +630,8 @@ def train(grid_path: str | Path, config: str | Path, out: str | Path, *, resume:
         rid = tf.distribute.get_replica_context().replica_id_in_sync_group
         s = tf.random.experimental.stateless_fold_in(seed_t, tf.cast(rid, tf.int64))
         s_noise, s_z = tf.unstack(tf.random.experimental.stateless_split(s, 2))
-        y, lg, g = noise.observe(bp0, rp0, g0, s_noise, copies=copies, return_g=True)
+        y, lg, g = noise.observe(bp0, rp0, g0, s_noise, copies=copies, return_g=True,
+                                 teff=unit_teff(x))
         if lum is not None:
             y = tf.concat([y, lum.inputs(lg, g0, g, tf.random.experimental.stateless_fold_in(
                 s_noise, 7), copies)], axis=1)

@@ -9,7 +9,8 @@ from cvae_pms.diagnostics import reference_mcmc
 from cvae_pms.simulate import (draw_model_error_coefficients, model_error_coefficient_covariance,
                                simulate_observations)
 from cvae_pms.xp.flux_fit import flux_to_coefficients, ridge_projection
-from cvae_pms.xp.noise import NoiseModel, model_error_covariance
+from cvae_pms.xp.model_error import ModelError
+from cvae_pms.xp.noise import NoiseModel
 from cvae_pms.xp.photometry import g_mag, scale_to_g
 from cvae_pms.xp.sampling import SAMPLING_NM, calibration_matrices, sampled_flux
 
@@ -45,10 +46,12 @@ def test_projected_model_error_keeps_size_and_correlation(star):
     """Calibrated flux of model-error-perturbed noiseless stars: per-pixel std = fraction x
     flux and Gaussian correlation over model_error_corr_nm, within sampling error."""
     model = NoiseModel.default()
+    term = ModelError.parametric(model.model_error_fraction, model.model_error_corr_nm)
     n = 3000
     bp, rp = star
     d_bp, d_rp = draw_model_error_coefficients(np.repeat(bp, n, 0), np.repeat(rp, n, 0),
-                                               np.random.default_rng(1), model)
+                                               np.random.default_rng(1), model,
+                                               model_error=term)
     f0 = sampled_flux(bp, rp)[0]
     z = (sampled_flux(bp + d_bp, rp + d_rp) - f0) / (model.model_error_fraction * np.abs(f0))
     ratio = z.std(axis=0)[BAND]
@@ -59,7 +62,7 @@ def test_projected_model_error_keeps_size_and_correlation(star):
     # analytic: the ridge projection keeps 95-105 % of the variance at every pixel 400-1000 nm
     a = np.vstack(calibration_matrices())
     proj = ridge_projection()
-    cov = model_error_covariance(f0[None], model)[0]
+    cov = np.abs(f0)[:, None] * term.covariance() * np.abs(f0)[None, :]
     kept = np.einsum("ip,ij,jp->p", a, proj @ cov @ proj.T, a) / np.diag(cov)
     assert np.all(np.abs(kept[BAND] - 1) < 0.05)
     # correlation at lags 4..40 nm, averaged over 400-1000 nm, vs exp(-lag^2 / (2 L^2))
@@ -70,6 +73,37 @@ def test_projected_model_error_keeps_size_and_correlation(star):
         emp = np.mean(zs[:, i] * zs[:, i + lag])
         want = np.exp(-0.5 * (2.0 * lag / model.model_error_corr_nm) ** 2)
         assert emp == pytest.approx(want, abs=0.03), (2 * lag, emp, want)
+
+
+def test_empirical_model_error_depends_on_teff_and_survives_projection(star):
+    """The shipped (real-star) term: a draw's per-pixel std follows the T_eff node it is drawn
+    at (cool stars' model error is larger), and the flux -> coefficient projection keeps most
+    of it; the population-average term sits between."""
+    term = ModelError.default()
+    n = 2000
+    bp, rp = star
+    f0 = np.abs(sampled_flux(bp, rp)[0])
+    out = {}
+    for teff in (3400.0, 6500.0, None):
+        t = None if teff is None else np.full(n, teff)
+        d_bp, d_rp = draw_model_error_coefficients(np.repeat(bp, n, 0), np.repeat(rp, n, 0),
+                                                   np.random.default_rng(2), model_error=term,
+                                                   teff=t)
+        z = (sampled_flux(bp + d_bp, rp + d_rp) - f0) / f0
+        want = np.sqrt(term.variance(None if teff is None else np.array([teff]))[0])
+        ratio = z.std(axis=0)[BAND] / want[BAND]
+        assert 0.8 < np.median(ratio) < 1.05, (teff, np.median(ratio))
+        out[teff] = np.median(z.std(axis=0)[BAND])
+    assert out[3400.0] > 1.5 * out[6500.0]
+    assert out[6500.0] < out[None] < out[3400.0]
+    # the numpy and TensorFlow draws have the same per-pixel variance
+    import tensorflow as tf
+    flux = np.repeat(f0[None], n, 0).astype(np.float32)
+    tfd = term.tf_draw(tf.constant(flux), tf.constant(np.full(n, 4000.0, np.float32)),
+                       tf.constant([1, 2], tf.int64)).numpy() / flux
+    npd = term.draw(flux, np.full(n, 4000.0), np.random.default_rng(5)) / flux
+    ratio = tfd.std(0)[BAND] / npd.std(0)[BAND]
+    assert abs(np.median(ratio) - 1) < 0.03
 
 
 @pytest.fixture(scope="module")

@@ -72,7 +72,8 @@ def test_bolometric_6000k_with_blackbody_tails_independent_of_stored_values():
 
 
 def test_interpolation_hits_nodes_and_is_linear_in_log_flux():
-    tab = load_table()
+    from cvae_pms.physics.photosphere import DEFAULT_CORRECTION
+    tab = load_table(DEFAULT_CORRECTION)   # surface_flux's default table
     f_node = surface_flux(np.array([4000.0]), np.array([4.0]), np.array([0.5]))
     it, ig = np.flatnonzero(tab.teff_k == 4000)[0], np.flatnonzero(tab.logg == 4.0)[0]
     np.testing.assert_allclose(np.log10(f_node[0]), tab.log_flux[it, ig, 3], atol=1e-6)

@@ -22,9 +22,13 @@ from cvae_pms import params as P
 @click.option("--draw-nuisance", is_flag=True,
               help="Draw the slab temperature and optical depth per star (else fixed values).")
 @click.option("--extinction-law", default="G23", show_default=True, help="G23 or F19 (R_V 3.1).")
+@click.option("--photosphere-correction", default="apogee-dr17-v1", show_default=True,
+              help="Empirical photosphere correction learned from real APOGEE x XP stars, or "
+                   "'none' for the plain PHOENIX table.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def synth(n: int, out_path: Path, seed: int, design: str, distance_pc: float, chunk: int,
-          draw_nuisance: bool, extinction_law: str, quiet: bool) -> None:
+          draw_nuisance: bool, extinction_law: str, photosphere_correction: str,
+          quiet: bool) -> None:
     """Sample the 7-D box and write a grid of noise-free XP coefficients."""
     from cvae_pms.grid.synth import GridError, PhysicsError, SynthError, check_options, synth_grid
 
@@ -32,7 +36,8 @@ def synth(n: int, out_path: Path, seed: int, design: str, distance_pc: float, ch
         check_options(n, seed, design.lower(), distance_pc, chunk, extinction_law.upper())
         report = synth_grid(out_path, n=n, seed=seed, design=design.lower(), distance_pc=distance_pc,
                             chunk=chunk, draw_nuisance=draw_nuisance,
-                            extinction_law=extinction_law.upper(), progress=not quiet)
+                            extinction_law=extinction_law.upper(), progress=not quiet,
+                            photosphere_correction=photosphere_correction)
     except (SynthError, GridError, PhysicsError) as exc:
         raise click.ClickException(str(exc)) from exc
     for line in report.lines():

@@ -276,10 +276,12 @@ def builtin_forward(meta: dict) -> Callable[[np.ndarray], tuple[np.ndarray, np.n
     if not np.isfinite(distance) or distance <= 0:
         distance = 10.0   # normalised grids: the flux scale is marginalised anyway
     wl = table_wavelength_nm()
+    from cvae_pms.physics.sed import correction_from_meta
+    correction = correction_from_meta(fm)
 
     def forward(theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         flux = sed_flux(theta, None, distance_pc=distance, settings=settings,
-                        extinction_law=law, r_v=r_v)
+                        extinction_law=law, r_v=r_v, photosphere_correction=correction)
         return sed_to_coefficients(flux, wl)
 
     return forward

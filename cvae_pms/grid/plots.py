@@ -83,7 +83,9 @@ def _forward_sweep(meta: dict, theta: np.ndarray) -> np.ndarray:
     law = (fm.get("extinction") or {}).get("law", meta.get("extinction_law", "G23"))
     distance = float(meta.get("reference_distance_pc", 10.0))
     wl = table_wavelength_nm()
-    bp, rp = sed_to_coefficients(sed_flux(theta, wl, distance, settings, extinction_law=law), wl)
+    from cvae_pms.physics.sed import correction_from_meta
+    bp, rp = sed_to_coefficients(sed_flux(theta, wl, distance, settings, extinction_law=law,
+                                          photosphere_correction=correction_from_meta(fm)), wl)
     return sampled_flux(bp, rp)
 
 

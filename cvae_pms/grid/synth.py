@@ -26,7 +26,8 @@ from scipy.stats import qmc
 from cvae_pms import params as P
 from cvae_pms.grid.gridfile import GridError, GridWriter
 from cvae_pms.physics.accretion import AccretionSettings
-from cvae_pms.physics.photosphere import PhysicsError, table_wavelength_nm
+from cvae_pms.physics.photosphere import (DEFAULT_CORRECTION, PhysicsError, check_correction,
+                                          table_wavelength_nm)
 from cvae_pms.physics.sed import forward_model_meta, simulate_sed
 from cvae_pms.xp.instrument import SETTINGS as OPERATOR_SETTINGS
 from cvae_pms.xp.instrument import sed_to_coefficients
@@ -111,7 +112,8 @@ def package_versions() -> dict[str, str]:
 
 
 def synth_meta(n: int, seed: int, design: str, distance_pc: float, chunk: int,
-               settings: AccretionSettings, extinction_law: str) -> dict:
+               settings: AccretionSettings, extinction_law: str,
+               photosphere_correction: str | None = DEFAULT_CORRECTION) -> dict:
     """Grid metadata of a synthesised grid (everything needed to rebuild it)."""
     wl = table_wavelength_nm()
     noise = NoiseModel.default().to_dict()
@@ -120,7 +122,8 @@ def synth_meta(n: int, seed: int, design: str, distance_pc: float, chunk: int,
         "source": "cvae-pms grid synth",
         "random_seed": int(seed),
         "reference_distance_pc": float(distance_pc),
-        "forward_model": forward_model_meta(settings, extinction_law, 3.1, distance_pc),
+        "forward_model": forward_model_meta(settings, extinction_law, 3.1, distance_pc,
+                                            photosphere_correction),
         "design": design,
         "extinction_law": extinction_law,
         "synth": {"n": int(n), "chunk": int(chunk), "draw_nuisance": bool(settings.draw_nuisance),
@@ -134,7 +137,8 @@ def synth_meta(n: int, seed: int, design: str, distance_pc: float, chunk: int,
 
 def synth_grid(out: str | Path, n: int = DEFAULT_N, seed: int = 0, design: str = "sobol",
                distance_pc: float = 10.0, chunk: int = DEFAULT_CHUNK, draw_nuisance: bool = False,
-               extinction_law: str = "G23", progress: bool = True) -> SynthReport:
+               extinction_law: str = "G23", progress: bool = True,
+               photosphere_correction: str | None = DEFAULT_CORRECTION) -> SynthReport:
     """Synthesise a grid of noise-free XP coefficients and write it to ``out``.
 
     Args:
@@ -147,6 +151,8 @@ def synth_grid(out: str | Path, n: int = DEFAULT_N, seed: int = 0, design: str =
         draw_nuisance: draw the slab temperature and optical depth per star.
         extinction_law: ``"G23"`` or ``"F19"`` (R_V = 3.1).
         progress: show a tqdm progress bar.
+        photosphere_correction: empirical photosphere correction from real stars (default),
+            or None / "none" for the plain PHOENIX table.
 
     Returns:
         :class:`SynthReport`.
@@ -157,12 +163,17 @@ def synth_grid(out: str | Path, n: int = DEFAULT_N, seed: int = 0, design: str =
     from tqdm import tqdm
 
     check_options(n, seed, design, distance_pc, chunk, extinction_law)
+    try:
+        photosphere_correction = check_correction(photosphere_correction)
+    except PhysicsError as exc:
+        raise SynthError(f"--photosphere-correction: {exc}") from exc
     settings = AccretionSettings(draw_nuisance=draw_nuisance)
     wl = table_wavelength_nm()
     t0 = time.perf_counter()
     theta = sample_box(n, seed, design)
     stages = {"sampling": time.perf_counter() - t0, "sed": 0.0, "projection": 0.0, "writing": 0.0}
-    meta = synth_meta(n, seed, design, distance_pc, chunk, settings, extinction_law)
+    meta = synth_meta(n, seed, design, distance_pc, chunk, settings, extinction_law,
+                      photosphere_correction)
     with GridWriter(out, meta, expected_rows=n) as writer:
         nuisance: dict[str, list[np.ndarray]] = {"t_slab_k": [], "tau_300": []}
         for start in tqdm(range(0, n, chunk), desc="grid synth", unit="chunk",
@@ -170,7 +181,8 @@ def synth_grid(out: str | Path, n: int = DEFAULT_N, seed: int = 0, design: str =
             block = theta[start:start + chunk]
             t = time.perf_counter()
             rng = np.random.default_rng([seed, 1, start]) if draw_nuisance else None
-            sed = simulate_sed(block, wl, distance_pc, settings, rng, extinction_law)
+            sed = simulate_sed(block, wl, distance_pc, settings, rng, extinction_law,
+                               photosphere_correction=photosphere_correction)
             t2 = time.perf_counter()
             bp, rp = sed_to_coefficients(sed.flux_w_m2_nm, wl)
             t3 = time.perf_counter()

@@ -166,13 +166,14 @@ def planck_flux(wavelength_nm: np.ndarray, t_k: np.ndarray) -> np.ndarray:
 
 
 def spot_flux(t_hp_k: np.ndarray, logg: np.ndarray, mh: np.ndarray,
-              wavelength_nm: np.ndarray | None = None, spot_model: str = "photosphere"
-              ) -> np.ndarray:
+              wavelength_nm: np.ndarray | None = None, spot_model: str = "photosphere",
+              correction: str | None = None) -> np.ndarray:
     """Surface flux of the heated spot [W m^-2 nm^-1], (n, m).
 
     ``"photosphere"``: the PHOENIX atmosphere at T_hp (same log g, [M/H]) up to the table's
     top T_top; above it pi B(T_hp) F_atm(T_top) / pi B(T_top) (continuous at T_top).
-    ``"blackbody"``: pi B(T_hp).
+    ``"blackbody"``: pi B(T_hp). ``correction``: the photosphere's empirical correction
+    (:func:`cvae_pms.physics.photosphere.surface_flux`; it fades out above ~7500 K).
     """
     tab = load_table()
     wl = tab.wavelength_nm if wavelength_nm is None else np.atleast_1d(wavelength_nm)
@@ -187,10 +188,12 @@ def spot_flux(t_hp_k: np.ndarray, logg: np.ndarray, mh: np.ndarray,
     out = np.empty_like(bb)
     inside = t_hp <= t_top
     if inside.any():
-        out[inside] = surface_flux(t_hp[inside], logg[inside], mh[inside], wavelength_nm)
+        out[inside] = surface_flux(t_hp[inside], logg[inside], mh[inside], wavelength_nm,
+                                   correction)
     if (~inside).any():
         hot = ~inside
-        top = surface_flux(np.full(hot.sum(), t_top), logg[hot], mh[hot], wavelength_nm)
+        top = surface_flux(np.full(hot.sum(), t_top), logg[hot], mh[hot], wavelength_nm,
+                           correction)
         out[hot] = bb[hot] * top / planck_flux(wl, np.array([t_top]))
     return out
 

@@ -23,6 +23,10 @@ from importlib import resources
 import numpy as np
 
 TABLE_FILE = "phoenix_aces.npz"
+#: Empirical photosphere corrections shipped as package data: name -> file.
+CORRECTIONS = {"apogee-dr17-v1": "photosphere_correction.npz"}
+#: The correction every forward-model call applies unless told otherwise (None: plain PHOENIX).
+DEFAULT_CORRECTION: str | None = "apogee-dr17-v1"
 
 
 class PhysicsError(ValueError):
@@ -55,9 +59,45 @@ class PhotosphereTable:
                 "mh": (float(self.mh[0]), float(self.mh[-1]))}
 
 
-@lru_cache(maxsize=1)
-def load_table() -> PhotosphereTable:
-    """Read the package's photosphere table once (cached)."""
+def check_correction(correction: str | None) -> str | None:
+    """Validate a correction name ("none"/None: plain PHOENIX); returns the canonical value."""
+    if correction is None or str(correction).lower() == "none":
+        return None
+    if correction not in CORRECTIONS:
+        raise PhysicsError(f"photosphere correction {correction!r} not in "
+                           f"{sorted(CORRECTIONS) + ['none']}")
+    return correction
+
+
+@lru_cache(maxsize=4)
+def load_correction(correction: str) -> dict:
+    """The arrays of a shipped photosphere correction (see ``cvae_pms/realdata/correction.py``):
+    ``log10_correction`` (nT, nG, nM, nL) on the table nodes, ``support`` (nT, nG, nM) and
+    ``meta`` (provenance, JSON)."""
+    ref = resources.files("cvae_pms").joinpath("data", CORRECTIONS[correction])
+    with resources.as_file(ref) as path:
+        if not path.is_file():
+            raise PhysicsError(f"{path}: photosphere correction {correction!r} missing; rebuild "
+                               "it with scripts/calibrate_forward_model.py")
+        with np.load(path, allow_pickle=False) as d:
+            out = {k: d[k] for k in d.files}
+    out["meta"] = json.loads(str(out["meta"]))
+    return out
+
+
+@lru_cache(maxsize=4)
+def load_table(correction: str | None = None) -> PhotosphereTable:
+    """Read the package's photosphere table once (cached), with an empirical correction
+    (log10 flux added node by node) when ``correction`` names one; None: plain PHOENIX."""
+    correction = check_correction(correction)
+    if correction is not None:
+        base = load_table(None)
+        corr = load_correction(correction)
+        log_flux = (base.log_flux + corr["log10_correction"]).astype(np.float32)
+        log_flux.setflags(write=False)
+        meta = {**base.meta, "correction": {"name": correction, **corr["meta"]}}
+        return PhotosphereTable(base.teff_k, base.logg, base.mh, base.wavelength_nm, log_flux,
+                                base.bolometric_ratio, base.outside_flux_w_m2, base.filled, meta)
     ref = resources.files("cvae_pms").joinpath("data", TABLE_FILE)
     with resources.as_file(ref) as path:
         if not path.is_file():
@@ -117,23 +157,36 @@ def check_in_table(teff: np.ndarray, logg: np.ndarray, mh: np.ndarray, what: str
             f"mh {b['mh'][0]}-{b['mh'][1]}); {int((~ok).sum())} of {ok.size} outside")
 
 
-def log_surface_flux(teff: np.ndarray, logg: np.ndarray, mh: np.ndarray,
-                     wavelength_nm: np.ndarray | None = None) -> np.ndarray:
-    """log10 surface flux [W m^-2 nm^-1], (n, m); see :func:`surface_flux`."""
+def interpolate_nodes(values: np.ndarray, teff: np.ndarray, logg: np.ndarray,
+                      mh: np.ndarray) -> np.ndarray:
+    """Multilinear interpolation of node values (nT, nG, nM, m) at (n,) stars -> (n, m) float64.
+
+    The stars must lie inside the table (:func:`check_in_table`); ``values`` is indexed like
+    :attr:`PhotosphereTable.log_flux` (e.g. the log flux or an empirical correction).
+    """
     tab = load_table()
+    it, wt = _axis_weights(tab.teff_k, teff)
+    ig, wg = _axis_weights(tab.logg, logg)
+    im, wm = _axis_weights(tab.mh, mh)
+    out = np.zeros((np.size(teff), values.shape[-1]), dtype=np.float64)
+    for dt, ft in ((0, 1.0 - wt), (1, wt)):
+        for dg, fg in ((0, 1.0 - wg), (1, wg)):
+            for dm, fm in ((0, 1.0 - wm), (1, wm)):
+                out += (ft * fg * fm)[:, None] * values[it + dt, ig + dg, im + dm]
+    return out
+
+
+def log_surface_flux(teff: np.ndarray, logg: np.ndarray, mh: np.ndarray,
+                     wavelength_nm: np.ndarray | None = None,
+                     correction: str | None = DEFAULT_CORRECTION) -> np.ndarray:
+    """log10 surface flux [W m^-2 nm^-1], (n, m); see :func:`surface_flux`."""
+    tab = load_table(correction)
     teff, logg, mh = (np.atleast_1d(np.asarray(a, dtype=np.float64)) for a in (teff, logg, mh))
     if not (teff.shape == logg.shape == mh.shape) or teff.ndim != 1:
         raise PhysicsError(f"teff, logg, mh must be 1-d of equal length, got shapes "
                            f"{teff.shape}, {logg.shape}, {mh.shape}")
     check_in_table(teff, logg, mh)
-    it, wt = _axis_weights(tab.teff_k, teff)
-    ig, wg = _axis_weights(tab.logg, logg)
-    im, wm = _axis_weights(tab.mh, mh)
-    out = np.zeros((teff.size, tab.wavelength_nm.size), dtype=np.float64)
-    for dt, ft in ((0, 1.0 - wt), (1, wt)):
-        for dg, fg in ((0, 1.0 - wg), (1, wg)):
-            for dm, fm in ((0, 1.0 - wm), (1, wm)):
-                out += (ft * fg * fm)[:, None] * tab.log_flux[it + dt, ig + dg, im + dm]
+    out = interpolate_nodes(tab.log_flux, teff, logg, mh)
     if wavelength_nm is None:
         return out
     wl = np.ascontiguousarray(np.atleast_1d(wavelength_nm), dtype=np.float64)
@@ -146,7 +199,8 @@ def log_surface_flux(teff: np.ndarray, logg: np.ndarray, mh: np.ndarray,
 
 
 def surface_flux(teff: np.ndarray, logg: np.ndarray, mh: np.ndarray,
-                 wavelength_nm: np.ndarray | None = None) -> np.ndarray:
+                 wavelength_nm: np.ndarray | None = None,
+                 correction: str | None = DEFAULT_CORRECTION) -> np.ndarray:
     """PHOENIX-ACES surface flux F_lambda [W m^-2 nm^-1] at the stellar surface.
 
     Multilinear interpolation of log10 F_lambda in (Teff, log g, [M/H]) on the table's
@@ -159,6 +213,9 @@ def surface_flux(teff: np.ndarray, logg: np.ndarray, mh: np.ndarray,
         mh (ndarray): (n,) metallicities [M/H] [dex], -1.0..+1.0.
         wavelength_nm (ndarray | None): (m,) wavelengths [nm] inside the table range
             (289-1113 nm); None for the native bins :func:`table_wavelength_nm`.
+        correction (str | None): empirical correction learned from real stars
+            (:data:`DEFAULT_CORRECTION`; it fades to zero outside the calibration stars'
+            coverage), or None for the plain PHOENIX table.
 
     Returns:
         ndarray: (n, m) surface flux [W m^-2 nm^-1] (float64).
@@ -167,4 +224,4 @@ def surface_flux(teff: np.ndarray, logg: np.ndarray, mh: np.ndarray,
         OutsideTableError: a star or wavelength outside the table (the message names the
             first offending row).
     """
-    return 10.0 ** log_surface_flux(teff, logg, mh, wavelength_nm)
+    return 10.0 ** log_surface_flux(teff, logg, mh, wavelength_nm, correction)

@@ -32,15 +32,19 @@ from cvae_pms.physics.accretion import (
 )
 from cvae_pms.physics.extinction import apply_extinction, extinction_curve
 from cvae_pms.physics.photosphere import (
+    DEFAULT_CORRECTION,
     PhysicsError,
+    check_correction,
     check_in_table,
+    load_correction,
     load_table,
     surface_flux,
     table_wavelength_nm,
 )
 
 #: Version of the forward model; bump when the physics changes results.
-FORWARD_MODEL_VERSION = 1
+#: 2: the photosphere carries the empirical correction learned from real stars by default.
+FORWARD_MODEL_VERSION = 2
 PC_M = 3.0856775814913673e16
 DEFAULT_CHUNK = 4096
 _I = params.INDEX
@@ -112,15 +116,16 @@ def _wavelengths(wavelength_nm: np.ndarray | None) -> np.ndarray:
 
 
 def _components(theta: np.ndarray, wl: np.ndarray | None, settings: AccretionSettings,
-                t_slab: np.ndarray, tau_300: np.ndarray) -> SEDComponents:
+                t_slab: np.ndarray, tau_300: np.ndarray,
+                correction: str | None = DEFAULT_CORRECTION) -> SEDComponents:
     """Components for one chunk of already checked ``theta``."""
     teff, logg, mh, log_mdot, ff, mass = (theta[:, _I[k]] for k in
                                           ("teff", "logg", "mh", "log_mdot", "ff", "mass"))
     wl_out = table_wavelength_nm() if wl is None else wl
-    f_phot = surface_flux(teff, logg, mh, wl)
+    f_phot = surface_flux(teff, logg, mh, wl, correction)
     energy = accretion_energy_flux_w_m2(mass, logg, log_mdot, ff, settings)
     t_hp = hot_spot_temperature_k(teff, energy, settings.heating_fraction)
-    f_hp = spot_flux(t_hp, logg, mh, wl, settings.spot_model)
+    f_hp = spot_flux(t_hp, logg, mh, wl, settings.spot_model, correction)
     f_slab = slab_flux(wl_out, energy, t_slab, tau_300, 1.0 - settings.heating_fraction)
     f = ff[:, None]
     return SEDComponents(
@@ -131,7 +136,8 @@ def _components(theta: np.ndarray, wl: np.ndarray | None, settings: AccretionSet
 
 def components(theta: np.ndarray, wavelength_nm: np.ndarray | None = None,
                settings: AccretionSettings = AccretionSettings(),
-               rng: np.random.Generator | None = None) -> SEDComponents:
+               rng: np.random.Generator | None = None,
+               photosphere_correction: str | None = DEFAULT_CORRECTION) -> SEDComponents:
     """Photosphere, spot and slab surface fluxes separately (for plots and tests).
 
     Args:
@@ -139,6 +145,8 @@ def components(theta: np.ndarray, wavelength_nm: np.ndarray | None = None,
         wavelength_nm (ndarray | None): (m,) [nm] within 289-1113 nm; None: table bins.
         settings (AccretionSettings): accretion model settings.
         rng (Generator | None): needed when ``settings.draw_nuisance``.
+        photosphere_correction (str | None): empirical photosphere correction (default
+            :data:`~cvae_pms.physics.photosphere.DEFAULT_CORRECTION`; None: plain PHOENIX).
 
     Returns:
         SEDComponents: surface fluxes [W m^-2 nm^-1] before dilution and extinction.
@@ -146,15 +154,18 @@ def components(theta: np.ndarray, wavelength_nm: np.ndarray | None = None,
     theta = _check_theta(theta)
     wl = None if wavelength_nm is None else _wavelengths(wavelength_nm)
     t_slab, tau_300 = settings.slab_parameters(theta.shape[0], rng)
-    return _components(theta, wl, settings, t_slab, tau_300)
+    return _components(theta, wl, settings, t_slab, tau_300,
+                       check_correction(photosphere_correction))
 
 
 def simulate_sed(theta: np.ndarray, wavelength_nm: np.ndarray | None = None,
                  distance_pc: float = 10.0, settings: AccretionSettings = AccretionSettings(),
                  rng: np.random.Generator | None = None, extinction_law: str = "G23",
-                 r_v: float = 3.1, chunk_size: int = DEFAULT_CHUNK) -> SEDResult:
+                 r_v: float = 3.1, chunk_size: int = DEFAULT_CHUNK,
+                 photosphere_correction: str | None = DEFAULT_CORRECTION) -> SEDResult:
     """SED at the Earth plus the slab parameters used per star; see :func:`sed_flux`."""
     theta = _check_theta(theta)
+    correction = check_correction(photosphere_correction)
     if not distance_pc > 0:
         raise PhysicsError(f"distance_pc must be > 0, got {distance_pc}")
     wl = None if wavelength_nm is None else _wavelengths(wavelength_nm)
@@ -166,7 +177,7 @@ def simulate_sed(theta: np.ndarray, wavelength_nm: np.ndarray | None = None,
     d_m = distance_pc * PC_M
     for s in range(0, n, chunk_size):
         c = slice(s, min(s + chunk_size, n))
-        comp = _components(theta[c], wl, settings, t_slab[c], tau_300[c])
+        comp = _components(theta[c], wl, settings, t_slab[c], tau_300[c], correction)
         dilution = (comp.radius_m / d_m) ** 2
         out[c] = apply_extinction(comp.total * dilution[:, None], theta[c, _I["a0"]], k)
     return SEDResult(wavelength_nm=wl_out, flux_w_m2_nm=out, t_slab_k=t_slab, tau_300=tau_300)
@@ -175,7 +186,8 @@ def simulate_sed(theta: np.ndarray, wavelength_nm: np.ndarray | None = None,
 def sed_flux(theta: np.ndarray, wavelength_nm: np.ndarray | None = None,
              distance_pc: float = 10.0, settings: AccretionSettings = AccretionSettings(),
              rng: np.random.Generator | None = None, extinction_law: str = "G23",
-             r_v: float = 3.1, chunk_size: int = DEFAULT_CHUNK) -> np.ndarray:
+             r_v: float = 3.1, chunk_size: int = DEFAULT_CHUNK,
+             photosphere_correction: str | None = DEFAULT_CORRECTION) -> np.ndarray:
     """Flux of accreting stars at the Earth, F_lambda [W m^-2 nm^-1], (n, m).
 
     Args:
@@ -189,6 +201,8 @@ def sed_flux(theta: np.ndarray, wavelength_nm: np.ndarray | None = None,
         rng (Generator | None): random generator for the nuisance draws.
         extinction_law (str): ``"G23"`` or ``"F19"``; r_v (float): R_V.
         chunk_size (int): stars per chunk.
+        photosphere_correction (str | None): empirical photosphere correction learned from
+            real stars (default; fades out beyond the calibration stars), None: plain PHOENIX.
 
     Returns:
         ndarray: (n, m) flux at the Earth [W m^-2 nm^-1].
@@ -198,7 +212,7 @@ def sed_flux(theta: np.ndarray, wavelength_nm: np.ndarray | None = None,
             the message names the first offending row.
     """
     return simulate_sed(theta, wavelength_nm, distance_pc, settings, rng, extinction_law,
-                        r_v, chunk_size).flux_w_m2_nm
+                        r_v, chunk_size, photosphere_correction).flux_w_m2_nm
 
 
 def veiling(theta: np.ndarray, wavelength_nm: np.ndarray | None = None,
@@ -215,14 +229,35 @@ def veiling(theta: np.ndarray, wavelength_nm: np.ndarray | None = None,
 
 def forward_model_meta(settings: AccretionSettings = AccretionSettings(),
                        extinction_law: str = "G23", r_v: float = 3.1,
-                       distance_pc: float = 10.0) -> dict:
-    """JSON-serialisable description of the forward model, for grid metadata."""
+                       distance_pc: float = 10.0,
+                       photosphere_correction: str | None = DEFAULT_CORRECTION) -> dict:
+    """JSON-serialisable description of the forward model, for grid metadata.
+
+    ``photosphere_correction`` is recorded as its name (or None); a grid without the key was
+    made before the correction existed and uses the plain table
+    (:func:`correction_from_meta`).
+    """
     tab = load_table()
+    correction = check_correction(photosphere_correction)
+    corr_meta = None
+    if correction is not None:
+        cm = load_correction(correction)["meta"]
+        corr_meta = {k: cm.get(k) for k in ("library", "parts", "code_commit", "date",
+                                            "n_stars")}
     return {
         "forward_model_version": FORWARD_MODEL_VERSION,
+        "photosphere_correction": correction,
+        "photosphere_correction_provenance": corr_meta,
         "photosphere": {"table": "phoenix_aces.npz", "source_sha256": tab.meta["source_sha256"],
                         "citation": tab.meta["citation"], "bounds": tab.bounds},
         "accretion": settings.to_dict(),
         "extinction": {"law": extinction_law, "r_v": r_v, "a0_wavelength_nm": 541.4},
         "distance_pc": distance_pc,
     }
+
+
+def correction_from_meta(forward_model: dict | None) -> str | None:
+    """The photosphere correction a grid was made with, from its ``forward_model`` metadata
+    (None for grids written before forward-model version 2, or ingested grids)."""
+    fm = forward_model if isinstance(forward_model, dict) else {}
+    return check_correction(fm.get("photosphere_correction"))

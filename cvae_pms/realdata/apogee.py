@@ -150,6 +150,15 @@ class Library:
         """(n, 3) APOGEE (T_eff [K], log g [dex], [Fe/H] as [M/H] [dex])."""
         return np.stack([self.labels["teff"], self.labels["logg"], self.labels["fe_h"]], 1)
 
+    def galactic_latitude_deg(self) -> np.ndarray:
+        """Galactic latitude b [deg] (n,) from the Gaia source_id's HEALPix level-12 index
+        (source_id // 2^35; the rounding of some source_ids to multiples of 512 leaves it intact).
+        Needs ``astropy-healpix`` (the ``calibration`` extra)."""
+        from astropy.coordinates import ICRS
+        from astropy_healpix import HEALPix
+        hp = HEALPix(nside=2 ** 12, order="nested", frame=ICRS())
+        return hp.healpix_to_skycoord(self.labels["gaia_source_id"] // 2 ** 35).galactic.b.deg
+
     def select(self, mask: np.ndarray) -> "Library":
         m = np.asarray(mask)
         return Library(self.path, self.row[m], self.apogee_id[m], self.part[m], self.flux[m],
@@ -192,6 +201,8 @@ def read_library(path: str | os.PathLike | None = None, parts: tuple[int, ...] =
             part = split_part(ids)
             keep = np.flatnonzero(np.isin(part, parts))
             labels = {k: np.asarray(data.field(k)[keep], np.float64) for k in _LABELS}
+            labels["gaia_source_id"] = np.asarray(data.field("gaiaedr3_source_id")[keep],
+                                                  np.int64)
             med = np.asarray(data.field("medflux")[keep], np.float64)[:, None]
             flux = np.asarray(data.field("flux")[keep], np.float64) * med
             err = np.asarray(data.field("flux_error")[keep], np.float64) * med
