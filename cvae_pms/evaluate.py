@@ -253,7 +253,8 @@ def evaluate(cfg: EvaluateConfig, log: Callable[[str], None] = print) -> dict:
             res, obs = _evaluate_setting(run, idx, theta, bp0, rp0, setting, cfg, i, log)
             if cfg.fisher:
                 res["information_limit"] = _information_limit(limit_model, theta, obs, res,
-                                                              setting, cfg, log)
+                                                              setting, cfg, log,
+                                                              run_model_error(run))
             result["by_g_mag"][setting.label] = res
             observations[setting.label] = obs
             table_rows += _table_rows(setting.label, setting, "all", int(idx.size),
@@ -428,7 +429,8 @@ def _limit_model(grid, theta: np.ndarray, idx: np.ndarray, cfg: EvaluateConfig,
 
 
 def _information_limit(forward, theta: np.ndarray, obs: tuple, res: dict, setting: GSetting,
-                       cfg: EvaluateConfig, log: Callable[[str], None]) -> dict:
+                       cfg: EvaluateConfig, log: Callable[[str], None],
+                       model_error=None) -> dict:
     """Fisher (Cramer-Rao) forecast of the robust scatter the data allow for the same
     observations (:mod:`cvae_pms.diagnostics.fisher_bound`), and the CVAE's scatter over it.
     ``forward`` comes from :func:`_limit_model`; a str there (the reason) records a skip."""
@@ -440,7 +442,7 @@ def _information_limit(forward, theta: np.ndarray, obs: tuple, res: dict, settin
     good = np.isfinite(samples).all(axis=(1, 2))
     t0 = time.perf_counter()
     std = fisher_bound.observation_bounds(forward, theta[good], bp[good], rp[good],
-                                          bp_cov[good], rp_cov[good])
+                                          bp_cov[good], rp_cov[good], model_error=model_error)
     fs = fisher_bound.forecast_scatter(std, seed=cfg.seed)
     out = {"method": "Fisher matrix of the exact likelihood at the true parameters (flux scale "
                      "marginalised, box prior as a Gaussian of equal variance); robust scatter "

@@ -113,6 +113,13 @@ def _numpy_simulated_features(bp, rp, g, n_transits, model, rng):
     return np.concatenate([flux / norm, np.clip(np.log10(sigma / norm), *RELNOISE_CLIP)], 1)
 
 
+def _parametric(model):
+    """The fixed (parametric) model-error term of ``model``, which the numpy reference path
+    of these tests implements independently."""
+    from cvae_pms.xp.model_error import ModelError
+    return ModelError.parametric(model.model_error_fraction, model.model_error_corr_nm)
+
+
 @pytest.mark.parametrize("g, n_transits, copies", [(12.0, 40, 1), (16.5, 20, 1), (14.0, 30, 4)])
 def test_noise_parity_training_vs_simulated_observation(feat, g, n_transits, copies):
     """Features of a simulated observation (numpy noise path) and of a training sample (the TF
@@ -124,7 +131,7 @@ def test_noise_parity_training_vs_simulated_observation(feat, g, n_transits, cop
     n = 2400
     bp_n, rp_n = np.repeat(bp, n, 0), np.repeat(rp, n, 0)
     y_sim = _numpy_simulated_features(bp_n, rp_n, g, n_transits, model, np.random.default_rng(1))
-    tn = TrainingNoise(feat, model, DEFAULT_CONFIG["noise"])
+    tn = TrainingNoise(feat, model, DEFAULT_CONFIG["noise"], _parametric(model))
     m = n // copies
     y_tr, _ = tn.observe_at(tf.constant(bp_n[:m], tf.float32), tf.constant(rp_n[:m], tf.float32),
                             tf.fill([m], float(g_mag(bp, rp)[0])), tf.fill([m], g),
@@ -155,7 +162,7 @@ def test_training_error_features_follow_the_noisy_draw_not_the_truth(feat):
     model = NoiseModel(model_error_fraction=0.0)
     bp, rp = _stars(teff=(4200.0,), a0=(1.5,))
     n = 600
-    tn = TrainingNoise(feat, model, DEFAULT_CONFIG["noise"])
+    tn = TrainingNoise(feat, model, DEFAULT_CONFIG["noise"], _parametric(model))
     y, lg = tn.observe_at(tf.constant(np.repeat(bp, n, 0), tf.float32),
                           tf.constant(np.repeat(rp, n, 0), tf.float32),
                           tf.fill([n], float(g_mag(bp, rp)[0])), tf.fill([n], 17.0),
@@ -180,7 +187,7 @@ def test_noise_parity_detects_double_noise(feat):
     n = 2000
     bp_n, rp_n = np.repeat(bp, n, 0), np.repeat(rp, n, 0)
     y_sim = _numpy_simulated_features(bp_n, rp_n, 16.5, 20, model, np.random.default_rng(2))
-    tn = TrainingNoise(feat, model, DEFAULT_CONFIG["noise"])
+    tn = TrainingNoise(feat, model, DEFAULT_CONFIG["noise"], _parametric(model))
     g0 = float(g_mag(bp, rp)[0])
     # observing at G and half the transits doubles the variance: like adding the noise twice
     y_tr, _ = tn.observe_at(tf.constant(bp_n, tf.float32), tf.constant(rp_n, tf.float32),

@@ -105,17 +105,20 @@ def forecast_scatter(std: np.ndarray, seed: int = 0, draws: int = 200) -> np.nda
 
 def observation_bounds(forward: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
                        theta: np.ndarray, bp: np.ndarray, rp: np.ndarray, bp_cov: np.ndarray,
-                       rp_cov: np.ndarray, step: float = 1e-3) -> np.ndarray:
+                       rp_cov: np.ndarray, step: float = 1e-3, model_error=None) -> np.ndarray:
     """Cramer-Rao standard deviations (n, 7) in physical units of n observed spectra
     (``bp``/``rp`` (n, 55), covariances (n, 55, 55)) of stars with true parameters ``theta``
     (n, 7), under the exact likelihood (:class:`~cvae_pms.diagnostics.reference_mcmc.XPLikelihood`
-    with the built-in ``forward`` model and the model-error term). ~0.01 s per star."""
+    with the built-in ``forward`` model and the model-error term ``model_error``, default the
+    shipped one, at each star's true T_eff). ~0.01 s per star."""
     from cvae_pms import params
     from cvae_pms.diagnostics.reference_mcmc import XPLikelihood
 
     std = np.empty((theta.shape[0], params.N_PARAMS))
     for i in range(theta.shape[0]):
         like = XPLikelihood(forward, bp[i], rp[i], bp_cov[i], rp_cov[i],
-                            to_physical=params.from_unit)
+                            to_physical=params.from_unit,
+                            teff=float(theta[i, params.INDEX["teff"]]),
+                            model_error_term=model_error)
         std[i] = star_bounds(like, params.to_unit(theta[i]), step)
     return std * (params.HIGH - params.LOW)

@@ -173,8 +173,10 @@ class XPLikelihood:
     With ``model_error`` (default) the covariance also holds the noise model's forward-model
     error, the term training adds: ``C = blockdiag(bp_cov, rp_cov) + P S P^T``
     (:func:`cvae_pms.simulate.model_error_coefficient_covariance`) with ``P`` the (110, 343)
-    ridge map flux -> coefficients that simulated observations use, and ``S`` =
-    :func:`cvae_pms.xp.noise.model_error_covariance` at the source's *observed* calibrated flux (as the feature map does). ``S`` is held fixed per source, not
+    ridge map flux -> coefficients that simulated observations use, and ``S`` the model-error
+    covariance (``model_error_term``, default the shipped one, at ``teff`` [K]: the star's true
+    T_eff when known, else the node average) at the source's *observed* calibrated flux (as the
+    feature map does). ``S`` is held fixed per source, not
     recomputed from the model flux ``s m(theta)``, so the likelihood stays Gaussian with one
     fixed covariance and the scale marginalisation stays analytic. The model error couples BP
     and RP; ``C`` is factorised once (Cholesky) per source.
@@ -183,7 +185,7 @@ class XPLikelihood:
     def __init__(self, forward: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
                  bp: np.ndarray, rp: np.ndarray, bp_cov: np.ndarray, rp_cov: np.ndarray,
                  to_physical: Callable[[np.ndarray], np.ndarray], model_error: bool = True,
-                 noise_model=None) -> None:
+                 noise_model=None, teff: float | None = None, model_error_term=None) -> None:
         self.forward = forward
         self.to_physical = to_physical
         obs = np.concatenate([np.asarray(bp, np.float64).ravel(),
@@ -193,7 +195,7 @@ class XPLikelihood:
         if model_error:
             from cvae_pms.simulate import model_error_coefficient_covariance
             self.covariance = self.covariance + model_error_coefficient_covariance(
-                obs[:55], obs[55:], noise_model)
+                obs[:55], obs[55:], noise_model, teff, model_error_term)
         self._chol = _cholesky(self.covariance)
         self._y = self._whiten(obs[None])[0]
 
