@@ -27,6 +27,12 @@ Steps (all in TensorFlow, float32; numpy callers go through :meth:`Featuriser.nu
    (1 present, 0 missing; value and error inputs are 0 when missing). Spectrum-only specs
    (``luminosity = False``, the default and every spec saved before the channel existed)
    give exactly the 686 features of before.
+7. Sampled input (``xp_sampled_mean_spectrum``, ``gaiaxpy.calibrate`` output, the APOGEE x XP
+   library): :meth:`Featuriser.sampled_features` / :meth:`Featuriser.numpy_sampled` start at
+   step 2 with the given flux and ``flux_error^2 + model_error_variance(flux)`` (flux and error
+   divided in float64 by the per-source unit ``mean |flux|`` first, as step 1 does for
+   coefficients). The archive's flux error is ``sqrt(diag(A^T C A))``, so the features equal
+   those of the coefficients to float32 rounding and one model serves both inputs.
 """
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """Batched, streaming posterior inference for Gaia XP sources, and its output files.
 
 ``infer(run_dir, inputs, out)`` reads every input file chunk by chunk
-(:func:`cvae_pms.xp.archive.iter_xp`), computes features with each source's own covariance,
+(:func:`cvae_pms.xp.archive.iter_xp`), computes features with each source's own covariance
+(or, for sampled-spectrum input, its per-pixel flux errors; flag ``sampled_input``),
 draws ``S`` posterior samples per source, flags each source (:data:`~cvae_pms.posterior_file.
 STATUS_FLAGS`) and appends the chunk to the posterior file (:mod:`cvae_pms.posterior_file`).
 Memory stays flat in the number of sources.
