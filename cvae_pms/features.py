@@ -27,6 +27,12 @@ Steps (all in TensorFlow, float32; numpy callers go through :meth:`Featuriser.nu
    (1 present, 0 missing; value and error inputs are 0 when missing). Spectrum-only specs
    (``luminosity = False``, the default and every spec saved before the channel existed)
    give exactly the 686 features of before.
+7. Sampled input (``xp_sampled_mean_spectrum``, ``gaiaxpy.calibrate`` output, the APOGEE x XP
+   library): :meth:`Featuriser.sampled_features` / :meth:`Featuriser.numpy_sampled` start at
+   step 2 with the given flux and ``flux_error^2 + model_error_variance(flux)`` (flux and error
+   divided in float64 by the per-source unit ``mean |flux|`` first, as step 1 does for
+   coefficients). The archive's flux error is ``sqrt(diag(A^T C A))``, so the features equal
+   those of the coefficients to float32 rounding and one model serves both inputs.
 """
 from __future__ import annotations
 
@@ -233,6 +239,23 @@ class Featuriser:
         var = self.flux_variance(bp, rp, bp_cov, rp_cov) + self.model_error_variance(flux)
         return self.from_flux(flux, var, log10_unit, standardise)
 
+    def sampled_features(self, flux: tf.Tensor, flux_error: tf.Tensor, log10_unit: tf.Tensor,
+                         standardise: bool = True) -> tuple[tf.Tensor, tf.Tensor]:
+        """Features (n, 686) and log10 norm (n,) of a *sampled* spectrum (sampled input).
+
+        ``flux``, ``flux_error`` (n, 343): the calibrated flux and its per-pixel error in a
+        per-source unit whose log10 [W m^-2 nm^-1] is ``log10_unit`` (n,) (see
+        :meth:`numpy_sampled`, which picks the unit). The total variance is
+        ``flux_error^2 + model_error_variance(flux)``: the archive's (and gaiaxpy's) flux error
+        is ``sqrt(diag(A^T C A))`` of the coefficient covariance, so a sampled product made
+        from the same coefficients gives the features of :meth:`features` (to float32
+        rounding); what it cannot carry is the pixel-to-pixel correlation, which the features
+        do not use.
+        """
+        flux = tf.cast(flux, tf.float32)
+        var = tf.square(tf.cast(flux_error, tf.float32)) + self.model_error_variance(flux)
+        return self.from_flux(flux, var, tf.cast(log10_unit, tf.float32), standardise)
+
     def luminosity_inputs(self, value: tf.Tensor, error: tf.Tensor, present: tf.Tensor
                           ) -> tf.Tensor:
         """The 3 luminosity inputs (n, 3): standardised value and error (0 when missing), flag.
@@ -275,6 +298,60 @@ class Featuriser:
         """
         from cvae_pms.astrometry import luminosity_channel
         y, lg = self.numpy(bp, rp, bp_cov, rp_cov)
+        n = y.shape[0]
+        if not self.spec.luminosity:
+            return y, lg, np.zeros(n, bool)
+        nan = np.full(n, np.nan)
+        plx = nan if parallax_mas is None else np.asarray(parallax_mas, np.float64)
+        err = nan if parallax_error_mas is None else np.asarray(parallax_error_mas, np.float64)
+        value, error, present = luminosity_channel(lg, plx, err, zero_point_mas, min_over_error)
+        lum = self.luminosity_inputs(tf.constant(value, tf.float32),
+                                     tf.constant(error, tf.float32), tf.constant(present)).numpy()
+        return np.concatenate([y, lum], axis=1), lg, present
+
+    # -- sampled-spectrum input (numpy) --------------------------------------------------
+    def numpy_sampled(self, flux: np.ndarray, flux_error: np.ndarray,
+                      standardise: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`sampled_features` for numpy flux and error (n, 343) in W m^-2 nm^-1.
+
+        As the coefficient path divides by a per-source scale before float32 (fluxes are
+        ~1e-17 W m^-2 nm^-1, their variances would underflow float32), both arrays are
+        divided in float64 by the per-source unit ``mean_pixels |flux|`` (1 where that is 0
+        or not finite) and only then cast to float32.
+        """
+        flux = np.asarray(flux, dtype=np.float64)
+        err = np.asarray(flux_error, dtype=np.float64)
+        if flux.ndim != 2 or flux.shape[1] != N_PIXELS or err.shape != flux.shape:
+            raise FeatureError(f"expected flux and flux_error of shape (n, {N_PIXELS}), got "
+                               f"{flux.shape}, {err.shape}")
+        with np.errstate(invalid="ignore"):
+            unit = np.mean(np.abs(flux), axis=1)
+        unit = np.where(np.isfinite(unit) & (unit > 0), unit, 1.0)
+        fn = self.__dict__.get("_sampled_fn")
+        if fn is None:
+            fn = self.__dict__["_sampled_fn"] = tf.function(self.sampled_features,
+                                                            reduce_retracing=True)
+        y, lg = fn(tf.constant((flux / unit[:, None]).astype(np.float32)),
+                   tf.constant((err / unit[:, None]).astype(np.float32)),
+                   tf.constant(np.log10(unit).astype(np.float32)), standardise=standardise)
+        return y.numpy(), lg.numpy()
+
+    def numpy_sampled_with_luminosity(self, flux: np.ndarray, flux_error: np.ndarray,
+                                      parallax_mas: np.ndarray | None = None,
+                                      parallax_error_mas: np.ndarray | None = None,
+                                      zero_point_mas: float = 0.0, min_over_error: float = 5.0
+                                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`numpy_with_luminosity` for sampled input (flux, flux_error (n, 343))."""
+        y, lg = self.numpy_sampled(flux, flux_error)
+        return self._append_luminosity(y, lg, parallax_mas, parallax_error_mas,
+                                       zero_point_mas, min_over_error)
+
+    def _append_luminosity(self, y: np.ndarray, lg: np.ndarray, parallax_mas, parallax_error_mas,
+                           zero_point_mas: float, min_over_error: float
+                           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Spectral features + log10 norm -> the network input of this spec (see
+        :meth:`numpy_with_luminosity`), log10 norm and the luminosity-present mask."""
+        from cvae_pms.astrometry import luminosity_channel
         n = y.shape[0]
         if not self.spec.luminosity:
             return y, lg, np.zeros(n, bool)

@@ -1,7 +1,8 @@
 """Batched, streaming posterior inference for Gaia XP sources, and its output files.
 
 ``infer(run_dir, inputs, out)`` reads every input file chunk by chunk
-(:func:`cvae_pms.xp.archive.iter_xp`), computes features with each source's own covariance,
+(:func:`cvae_pms.xp.archive.iter_xp`), computes features with each source's own covariance
+(or, for sampled-spectrum input, its per-pixel flux errors; flag ``sampled_input``),
 draws ``S`` posterior samples per source, flags each source (:data:`~cvae_pms.posterior_file.
 STATUS_FLAGS`) and appends the chunk to the posterior file (:mod:`cvae_pms.posterior_file`).
 Memory stays flat in the number of sources.
@@ -237,15 +238,23 @@ class ParallaxOptions:
 def infer_batch(model: Model, batch, n_samples: int, seed: int,
                 parallax: ParallaxOptions | None = None, prior=None,
                 keep_raw: bool = False) -> pf.PosteriorChunk:
-    """Posterior rows for one :class:`~cvae_pms.xp.archive.XPBatch` (bad sources flagged).
+    """Posterior rows for one :class:`~cvae_pms.xp.archive.XPBatch` or
+    :class:`~cvae_pms.xp.sampled.SampledBatch` (bad sources flagged).
 
     ``parallax``: :class:`ParallaxOptions` (default: input columns, model zero point, 5);
     ``prior``: a :class:`cvae_pms.priors.Prior` to reweight to (adds ``ess``);
     ``keep_raw``: also return the raw samples (with ``prior``).
+
+    Sampled input (``batch.sampled``): features from the flux and its per-pixel error
+    (:meth:`~cvae_pms.features.Featuriser.numpy_sampled`), G from the flux, every row flagged
+    ``sampled_input`` and never ``diagonal_covariance`` (that flag is about coefficient
+    correlations); rows with an ``apogee_id`` (the APOGEE library) get ``apogee_id=...`` at
+    the end of their message.
     """
     from cvae_pms.features import N_FEATURES
-    from cvae_pms.xp.photometry import g_mag
+    from cvae_pms.xp.photometry import g_mag, g_mag_from_flux
 
+    sampled = bool(getattr(batch, "sampled", False))
     n = len(batch)
     samples = np.full((n, n_samples, params.N_PARAMS), np.nan, dtype=np.float32)
     status = np.zeros(n, np.uint16)
@@ -258,9 +267,14 @@ def infer_batch(model: Model, batch, n_samples: int, seed: int,
         opts = parallax or ParallaxOptions()
         plx, err = opts.parallaxes(batch)
         zp = model.zero_point_mas if opts.zero_point_mas is None else opts.zero_point_mas
-        y, _, present = model.run.featuriser.numpy_with_luminosity(
-            batch.bp_coefficients[idx], batch.rp_coefficients[idx], batch.bp_covariance[idx],
-            batch.rp_covariance[idx], plx[idx], err[idx], zp, opts.min_over_error)
+        if sampled:
+            y, _, present = model.run.featuriser.numpy_sampled_with_luminosity(
+                batch.flux[idx], batch.flux_error[idx], plx[idx], err[idx], zp,
+                opts.min_over_error)
+        else:
+            y, _, present = model.run.featuriser.numpy_with_luminosity(
+                batch.bp_coefficients[idx], batch.rp_coefficients[idx], batch.bp_covariance[idx],
+                batch.rp_covariance[idx], plx[idx], err[idx], zp, opts.min_over_error)
         if model.luminosity:
             no_plx[idx[~present]] = True
             for j, why in zip(idx[~present], _parallax_problem(plx[idx[~present]] + zp,
@@ -281,11 +295,15 @@ def infer_batch(model: Model, batch, n_samples: int, seed: int,
     bounds = np.zeros(n, np.uint8)
     bounds[ok] = bound_flags(samples[ok], model.ood.prior_edge_fraction)
     status[bounds > 0] |= pf.FLAG_AT_BOUND
-    status[ok & ~np.asarray(batch.correlations_present, bool)] |= pf.FLAG_DIAGONAL_COV
+    if sampled:
+        status |= pf.FLAG_SAMPLED_INPUT
+    else:
+        status[ok & ~np.asarray(batch.correlations_present, bool)] |= pf.FLAG_DIAGONAL_COV
     status[ok & no_plx] |= pf.FLAG_NO_PARALLAX
     if model.g_range is not None and ok.any():
         with np.errstate(invalid="ignore", divide="ignore"):
-            g = np.asarray(g_mag(batch.bp_coefficients, batch.rp_coefficients), dtype=float)
+            g = np.asarray(g_mag_from_flux(batch.flux) if sampled
+                           else g_mag(batch.bp_coefficients, batch.rp_coefficients), dtype=float)
         outside = ok & ((g < model.g_range[0]) | (g > model.g_range[1]))
         status[outside] |= pf.FLAG_G_OUTSIDE_TRAINING
     ess = raw = None
@@ -296,6 +314,9 @@ def infer_batch(model: Model, batch, n_samples: int, seed: int,
         status[ok & rw.flag_low_ess] |= pf.FLAG_LOW_ESS
         for j in np.flatnonzero(ok & rw.zero_support):
             message[j] = "user prior is zero at every posterior sample (no resampled samples)"
+    if "apogee_id" in batch.extra:
+        for j, name in enumerate(batch.extra["apogee_id"]):
+            message[j] = "; ".join(x for x in (message[j], f"apogee_id={name}") if x)
     return pf.PosteriorChunk(source_id=batch.source_id, samples=samples, status=status,
                              message=message.tolist(),
                              input_file=[os.path.abspath(batch.path)] * n,

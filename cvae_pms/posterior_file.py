@@ -62,6 +62,7 @@ FLAG_DIAGONAL_COV = 8
 FLAG_G_OUTSIDE_TRAINING = 16
 FLAG_LOW_ESS = 32
 FLAG_NO_PARALLAX = 64
+FLAG_SAMPLED_INPUT = 128
 
 #: bit -> (name, meaning); also stored as JSON in the file attribute ``status_flags``.
 STATUS_FLAGS: dict[int, tuple[str, str]] = {
@@ -71,8 +72,9 @@ STATUS_FLAGS: dict[int, tuple[str, str]] = {
     FLAG_AT_BOUND: ("at_bound", "for some parameter (see 'bound_params') more than 20 % of "
                                 "the samples lie within 1 % of a box edge where the training "
                                 "prior is not piled"),
-    FLAG_DIAGONAL_COV: ("diagonal_covariance", "input had no coefficient correlations: "
-                                               "covariance built from the errors alone"),
+    FLAG_DIAGONAL_COV: ("diagonal_covariance", "coefficient input without coefficient "
+                                               "correlations: covariance built from the "
+                                               "errors alone (never set for sampled input)"),
     FLAG_G_OUTSIDE_TRAINING: ("g_outside_training", "estimated G magnitude outside the "
                                                     "brightness range the model was trained on"),
     FLAG_LOW_ESS: ("low_ess", "with --prior: effective sample size of the importance weights "
@@ -80,6 +82,9 @@ STATUS_FLAGS: dict[int, tuple[str, str]] = {
                               "at every sample, samples NaN)"),
     FLAG_NO_PARALLAX: ("no_parallax", "luminosity model: parallax missing, non-positive, NaN or "
                                       "below min_parallax_over_error; spectrum-only posterior"),
+    FLAG_SAMPLED_INPUT: ("sampled_input", "input was a sampled spectrum (flux + per-pixel "
+                                          "error, e.g. xp_sampled_mean_spectrum or "
+                                          "gaiaxpy.calibrate output), not XP coefficients"),
 }
 
 _STR = h5py.string_dtype("utf-8")

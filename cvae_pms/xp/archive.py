@@ -5,6 +5,11 @@ Readers stream CSV, ECSV, FITS, VOTable and the Gaia datalink Avro products in c
 NaN, covariance not positive definite) is a per-source message in ``XPBatch.error``; a problem
 with the whole file raises :class:`XPReadError` naming the file.
 
+Sampled spectra (Gaia DR3 ``xp_sampled_mean_spectrum`` products, ``gaiaxpy.calibrate`` output
+tables and the APOGEE x XP library) are read by the same :func:`iter_xp` and come as
+:class:`cvae_pms.xp.sampled.SampledBatch` (``batch.sampled`` tells the two apart); their parsing
+lives in :mod:`cvae_pms.xp.sampled`.
+
 Covariances are physical: ``C = diag(e) R diag(e)`` from the archive errors ``e`` and
 correlations ``R`` (gaiaxpy's construction; the archive ``*_standard_deviation`` cancels in the
 flux errors), or for Avro ``covariance * standardDeviation**2`` (gaiaxpy multiplies the sampled
@@ -17,7 +22,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Iterator, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -42,8 +47,26 @@ class XPReadError(Exception):
     """A whole XP file cannot be used (not a table, empty, no readable source, unknown format)."""
 
 
+class BatchRows:
+    """What every batch of sources read from a file has: ``source_id``, ``error`` (per-source
+    reason, '' when usable), ``extra`` columns, ``path``; and ``sampled`` (False: XP
+    coefficients, :class:`XPBatch`; True: sampled flux, :class:`~cvae_pms.xp.sampled.SampledBatch`)."""
+
+    sampled: ClassVar[bool] = False
+    source_id: np.ndarray
+    error: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.source_id)
+
+    @property
+    def ok(self) -> np.ndarray:
+        """(n,) bool: source usable (no error message)."""
+        return np.array([not e for e in self.error], dtype=bool)
+
+
 @dataclass
-class XPBatch:
+class XPBatch(BatchRows):
     """XP coefficients and covariances of n sources from one file.
 
     Unusable sources keep NaN-filled arrays and a non-empty ``error`` message.
@@ -60,14 +83,6 @@ class XPBatch:
     error: np.ndarray                     # (n,) object: '' when usable, else the reason(s)
     extra: dict[str, np.ndarray] = field(default_factory=dict)
     path: str = ""
-
-    def __len__(self) -> int:
-        return len(self.source_id)
-
-    @property
-    def ok(self) -> np.ndarray:
-        """(n,) bool: source usable (no error message)."""
-        return np.array([not e for e in self.error], dtype=bool)
 
     def select(self, mask: np.ndarray) -> "XPBatch":
         """Rows picked by a boolean mask or an index array."""
@@ -176,6 +191,26 @@ def _fill(cells: Sequence[Any], width: int, what: str, errors: list[list[str]],
     return out, lengths
 
 
+def parse_source_ids(values: Sequence[Any], row0: int) -> tuple[np.ndarray, list[list[str]]]:
+    """source_id cells -> (m,) int64 (0 where unparsable) and per-row error lists (the reason)."""
+    values = np.asarray(values)
+    errors: list[list[str]] = [[] for _ in range(len(values))]
+    sid = np.zeros(len(values), dtype=np.int64)
+    for i, s in enumerate(values):
+        try:
+            sid[i] = int(s)
+        except (TypeError, ValueError, OverflowError):
+            errors[i].append(f"row {row0 + i}: source_id {s!r} is not an integer")
+    return sid, errors
+
+
+def extra_columns(cols: Mapping[str, Any], m: int) -> dict[str, np.ndarray]:
+    """The :data:`EXTRA_COLUMNS` of a chunk as (m,) float64 (NaN where the file lacks them)."""
+    return {name: (np.full(m, np.nan) if cols.get(name) is None
+                   else np.array([_as_scalar(v) for v in cols[name]], dtype=np.float64))
+            for name in EXTRA_COLUMNS}
+
+
 def _assemble(cols: Mapping[str, Any], path: str, row0: int) -> XPBatch:
     """Raw chunk columns -> validated XPBatch.
 
@@ -184,15 +219,8 @@ def _assemble(cols: Mapping[str, Any], path: str, row0: int) -> XPBatch:
     (Avro: lower triangle with diagonal, times ``b_standard_deviation**2``); optional
     ``b_n_parameters`` and any of :data:`EXTRA_COLUMNS`.
     """
-    source_id = np.asarray(cols["source_id"])
-    m = len(source_id)
-    errors: list[list[str]] = [[] for _ in range(m)]
-    sid = np.zeros(m, dtype=np.int64)
-    for i, s in enumerate(source_id):
-        try:
-            sid[i] = int(s)
-        except (TypeError, ValueError, OverflowError):
-            errors[i].append(f"row {row0 + i}: source_id {s!r} is not an integer")
+    sid, errors = parse_source_ids(cols["source_id"], row0)
+    m = len(sid)
     out: dict[str, np.ndarray] = {}
     has_corr = np.ones(m, dtype=bool)
     for band in BANDS:
@@ -270,11 +298,7 @@ def _assemble(cols: Mapping[str, Any], path: str, row0: int) -> XPBatch:
     bad = message != ""
     for key in ("bp_coefficients", "rp_coefficients", "bp_covariance", "rp_covariance"):
         out[key][bad] = np.nan
-    extra = {}
-    for name in EXTRA_COLUMNS:
-        values = cols.get(name)
-        extra[name] = (np.full(m, np.nan) if values is None
-                       else np.array([_as_scalar(v) for v in values], dtype=np.float64))
+    extra = extra_columns(cols, m)
     return XPBatch(sid, out["bp_coefficients"], out["rp_coefficients"], out["bp_covariance"],
                    out["rp_covariance"], out["bp_n_parameters"], out["rp_n_parameters"],
                    has_corr & ~bad, message, extra, path)
@@ -295,15 +319,52 @@ def _per_value_columns(names: Sequence[str], band: str, kind: str) -> list[str] 
     return None
 
 
-def _check_layout(names: Sequence[str], path: str) -> None:
+#: Layouts :func:`table_layout` tells apart.
+COEFFICIENTS, SAMPLED, APOGEE_LIBRARY = "coefficients", "sampled", "apogee_library"
+
+
+def _shown_columns(names: Sequence[str], k: int = 12) -> str:
+    names = list(names)
+    more = f", ... ({len(names)} in all)" if len(names) > k else ""
+    return ", ".join(names[:k]) + more
+
+
+def table_layout(names: Sequence[str], path: str) -> str:
+    """What a table holds, from its column names: :data:`COEFFICIENTS` (``source_id`` and per
+    band ``b_coefficients`` or ``b_coeff_0..54``; wins when a table also has flux columns: the
+    coefficients carry the correlations) or :data:`SAMPLED` (``source_id``, ``flux``,
+    ``flux_error``). Anything else raises :class:`XPReadError` naming the file and its columns;
+    so do the APOGEE library's columns (``apogee_id`` + ``medflux``: that file is read only
+    through :mod:`cvae_pms.realdata.apogee`, see :func:`iter_xp`)."""
     lower = {n.lower() for n in names}
+    if "apogee_id" in lower and "medflux" in lower:
+        raise XPReadError(f"{path}: looks like the APOGEE x XP library (apogee_id, medflux) but "
+                          "is not its FITS file; it is read only from FITS through "
+                          "cvae_pms.realdata.apogee (columns: " + _shown_columns(names) + ")")
     if "source_id" not in lower:
         raise XPReadError(f"{path}: not an XP table: no 'source_id' column (columns: "
-                          f"{', '.join(list(names)[:8])}{', ...' if len(names) > 8 else ''})")
+                          f"{_shown_columns(names)})")
+    has = {band: f"{band}_coefficients" in lower
+           or _per_value_columns(names, band, "coeff") is not None for band in BANDS}
+    if all(has.values()):
+        return COEFFICIENTS
+    if "flux" in lower:
+        if "xp" in lower:
+            raise XPReadError(f"{path}: gaiaxpy.convert output (internally calibrated BP and RP "
+                              "spectra in e-/s, column 'xp'), not absolute sampled flux: use "
+                              "gaiaxpy.calibrate, or the coefficient file itself (columns: "
+                              f"{_shown_columns(names)})")
+        if "flux_error" not in lower:
+            raise XPReadError(f"{path}: sampled spectra without a 'flux_error' column (the "
+                              f"per-pixel errors are needed; columns: {_shown_columns(names)})")
+        return SAMPLED
     for band in BANDS:
-        if f"{band}_coefficients" not in lower and _per_value_columns(names, band, "coeff") is None:
+        if not has[band] and any(has.values()):
             raise XPReadError(f"{path}: not an XP table: no '{band}_coefficients' or "
-                              f"'{band}_coeff_0..54' columns")
+                              f"'{band}_coeff_0..54' columns (columns: {_shown_columns(names)})")
+    raise XPReadError(f"{path}: not an XP table: neither XP coefficients ('bp_coefficients' + "
+                      "'rp_coefficients', or 'bp_coeff_0..54' + 'rp_coeff_0..54') nor sampled "
+                      f"spectra ('flux' + 'flux_error'); columns found: {_shown_columns(names)}")
 
 
 def _columns_from_table(get, names: Sequence[str], m: int) -> dict[str, Any]:
@@ -351,23 +412,46 @@ def _ecsv_delimiter(path: str) -> str:
     return " "
 
 
-def _iter_text(path: str, fmt: str, chunk_size: int) -> Iterator[dict[str, Any]]:
+Chunk = tuple[str, dict[str, Any]]   # (layout, raw columns) yielded by the format readers
+
+
+def _builder(names: Sequence[str], path: str, conventions: Callable[[], dict[str, float]]
+             ) -> tuple[str, Callable[[Callable[[str], Any], int], dict[str, Any]]]:
+    """(layout, build(get, m) -> raw chunk columns) for a table with columns ``names``.
+
+    ``conventions()`` (unit factors, after the sampling-grid check) is asked once, and only
+    for sampled tables."""
+    layout = table_layout(names, path)
+    if layout == COEFFICIENTS:
+        return layout, lambda get, m: _columns_from_table(get, names, m)
+    from .sampled import sampled_columns
+    conv = conventions()
+    return layout, lambda get, m: sampled_columns(get, names, conv)
+
+
+def _iter_text(path: str, fmt: str, chunk_size: int) -> Iterator[Chunk]:
     import pandas as pd
 
+    from .sampled import text_conventions
+
     sep = "," if fmt == "csv" else _ecsv_delimiter(path)
+    build = None
     try:
         reader = pd.read_csv(path, sep=sep, comment="#", chunksize=chunk_size, dtype=object,
                              keep_default_na=False, skipinitialspace=True)
         for chunk in reader:
-            names = list(chunk.columns)
-            _check_layout(names, path)
-            yield _columns_from_table(lambda n: chunk[n].to_numpy(), names, len(chunk))
+            if build is None:
+                layout, build = _builder(list(chunk.columns), path,
+                                         lambda: text_conventions(path, fmt))
+            yield layout, build(lambda n: chunk[n].to_numpy(), len(chunk))
     except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError, OSError, EOFError) as exc:
         raise XPReadError(f"{path}: not a readable {fmt.upper()} table ({exc})") from None
 
 
-def _iter_fits(path: str, chunk_size: int) -> Iterator[dict[str, Any]]:
+def _iter_fits(path: str, chunk_size: int) -> Iterator[Chunk]:
     from astropy.io import fits
+
+    from .sampled import fits_conventions
 
     try:
         hdul = fits.open(path, memmap=True)
@@ -378,25 +462,35 @@ def _iter_fits(path: str, chunk_size: int) -> Iterator[dict[str, Any]]:
         if hdu is None:
             raise XPReadError(f"{path}: no table extension in the FITS file")
         names = list(hdu.columns.names)
-        _check_layout(names, path)
+        layout, build = _builder(names, path, lambda: fits_conventions(path, hdu))
         n_rows = hdu.header.get("NAXIS2", 0)
         for start in range(0, n_rows, chunk_size):
             rows = hdu.data[start:start + chunk_size]
-            yield _columns_from_table(lambda n: rows[n], names, len(rows))
+            yield layout, build(lambda n: rows[n], len(rows))
 
 
-def _iter_votable(path: str, chunk_size: int) -> Iterator[dict[str, Any]]:
+def _iter_votable(path: str, chunk_size: int) -> Iterator[Chunk]:
     from astropy.io.votable import parse_single_table
 
+    from .sampled import votable_conventions
+
     try:
-        table = parse_single_table(path).to_table()
+        vot = parse_single_table(path)
+        table = vot.to_table(use_names_over_ids=True)
     except Exception as exc:  # astropy raises many kinds for non-VOTable input
         raise XPReadError(f"{path}: not a readable VOTable ({type(exc).__name__}: {exc})") from None
     names = list(table.colnames)
-    _check_layout(names, path)
+    layout, build = _builder(names, path, lambda: votable_conventions(path, vot))
     for start in range(0, len(table), chunk_size):
         rows = table[start:start + chunk_size]
-        yield _columns_from_table(lambda n: list(rows[n]), names, len(rows))
+        yield layout, build(lambda n: _votable_cells(rows[n]), len(rows))
+
+
+def _votable_cells(column: Any) -> Any:
+    """A VOTable column as cells: a 2-D array for fixed-length array columns, else a list."""
+    if getattr(column, "ndim", 1) == 2:
+        return np.ma.filled(np.ma.asarray(column, dtype=np.float64), np.nan)
+    return list(column)
 
 
 _AVRO_MAP = {"source_id": ("sourceId",),
@@ -425,19 +519,33 @@ def _iter_avro(path: str, chunk_size: int) -> Iterator[dict[str, Any]]:
         except Exception as exc:  # fastavro raises ValueError/SchemaParseException etc.
             raise XPReadError(f"{path}: not a readable Avro file ({type(exc).__name__}: {exc})") from None
         records: list[dict[str, Any]] = []
-        first = True
+        build = None
         for record in reader:
-            if first:
-                if "sourceId" not in record or ("bpSpec" not in record and "rpSpec" not in record):
-                    raise XPReadError(f"{path}: Avro records have no sourceId/bpSpec/rpSpec: not "
-                                      "Gaia XP continuous mean spectra")
-                first = False
+            if build is None:
+                build = _avro_builder(record, path)
             records.append(record)
             if len(records) == chunk_size:
-                yield _avro_columns(records)
+                yield build(records)
                 records = []
         if records:
-            yield _avro_columns(records)
+            yield build(records)
+
+
+def _avro_builder(record: Mapping[str, Any], path: str
+                  ) -> Callable[[list[dict[str, Any]]], Chunk]:
+    """How to turn Avro records like ``record`` into chunks: Gaia datalink continuous
+    spectra (sourceId, bpSpec, rpSpec) or gaiaxpy's sampled output (source_id, flux, ...)."""
+    if "sourceId" in record and ("bpSpec" in record or "rpSpec" in record):
+        return lambda records: (COEFFICIENTS, _avro_columns(records))
+    if "source_id" in record and "flux" in record:
+        from .sampled import avro_conventions
+        layout, build = _builder(list(record), path, lambda: avro_conventions(path))
+        if layout == SAMPLED:
+            return lambda records: (layout, build(lambda n: [r.get(n) for r in records],
+                                                  len(records)))
+    raise XPReadError(f"{path}: Avro records have no sourceId/bpSpec/rpSpec (Gaia XP "
+                      "continuous mean spectra) nor source_id/flux/flux_error (gaiaxpy sampled "
+                      f"output); fields found: {_shown_columns(list(record))}")
 
 
 def _avro_columns(records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -449,17 +557,27 @@ def _avro_columns(records: list[dict[str, Any]]) -> dict[str, Any]:
     return cols
 
 
-def iter_xp(path: str | os.PathLike, chunk_size: int = 10000) -> Iterator[XPBatch]:
-    """Stream an XP archive file as :class:`XPBatch` chunks of at most ``chunk_size`` sources.
+def iter_xp(path: str | os.PathLike, chunk_size: int = 10000) -> Iterator[BatchRows]:
+    """Stream an XP file as batches of at most ``chunk_size`` sources.
+
+    Coefficient files (``xp_continuous_mean_spectrum``) give :class:`XPBatch` chunks; sampled
+    files (``xp_sampled_mean_spectrum``, ``gaiaxpy.calibrate`` output, the APOGEE x XP library)
+    give :class:`cvae_pms.xp.sampled.SampledBatch` chunks (``batch.sampled`` is True); which
+    one is decided from the columns (:func:`table_layout`), the APOGEE library from its FITS
+    header before any row is read (it goes through :mod:`cvae_pms.realdata.apogee`, which
+    never loads the reserved rows).
 
     Formats by extension: .csv(.gz), .ecsv(.gz), .fits/.fit/.fits.gz, .vot/.xml/.votable, .avro.
     CSV/ECSV/FITS/Avro are streamed (memory flat in the number of rows; about
-    0.5 GB per 10,000 sources for the two 55 x 55 covariances); a VOTable is parsed whole by
-    astropy and then sliced.
+    0.5 GB per 10,000 coefficient sources for the two 55 x 55 covariances, 55 MB per 10,000
+    sampled ones); a VOTable is parsed whole by astropy and then sliced.
 
     Raises:
-        XPReadError: unknown extension, missing/unreadable file, not an XP table, no rows.
+        XPReadError: unknown extension, missing/unreadable file, neither an XP coefficient nor
+            a sampled table (the message lists the columns found), no rows.
     """
+    from .sampled import assemble_sampled, is_library_file, iter_library_batches
+
     path = os.fspath(path)
     fmt = xp_format(path)
     if not os.path.isfile(path):
@@ -468,14 +586,22 @@ def iter_xp(path: str | os.PathLike, chunk_size: int = 10000) -> Iterator[XPBatc
         raise XPReadError(f"{path}: file is empty")
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    chunks = {"csv": lambda: _iter_text(path, "csv", chunk_size),
-              "ecsv": lambda: _iter_text(path, "ecsv", chunk_size),
-              "fits": lambda: _iter_fits(path, chunk_size),
-              "votable": lambda: _iter_votable(path, chunk_size),
-              "avro": lambda: _iter_avro(path, chunk_size)}[fmt]()
+    if fmt == "fits" and is_library_file(path):
+        chunks: Iterator[Any] = iter_library_batches(path, chunk_size)
+    else:
+        chunks = {"csv": lambda: _iter_text(path, "csv", chunk_size),
+                  "ecsv": lambda: _iter_text(path, "ecsv", chunk_size),
+                  "fits": lambda: _iter_fits(path, chunk_size),
+                  "votable": lambda: _iter_votable(path, chunk_size),
+                  "avro": lambda: _iter_avro(path, chunk_size)}[fmt]()
     row0 = 0
-    for cols in chunks:
-        batch = _assemble(cols, path, row0)
+    for chunk in chunks:
+        if isinstance(chunk, BatchRows):
+            batch = chunk
+        else:
+            layout, cols = chunk
+            batch = (_assemble(cols, path, row0) if layout == COEFFICIENTS
+                     else assemble_sampled(cols, path, row0))
         row0 += len(batch)
         if len(batch):
             yield batch
@@ -483,9 +609,11 @@ def iter_xp(path: str | os.PathLike, chunk_size: int = 10000) -> Iterator[XPBatc
         raise XPReadError(f"{path}: no sources (table has no rows)")
 
 
-def read_xp(path: str | os.PathLike) -> XPBatch:
-    """Read a whole XP file: ``XPBatch.concat(list(iter_xp(path)))``."""
-    return XPBatch.concat(list(iter_xp(path)))
+def read_xp(path: str | os.PathLike) -> BatchRows:
+    """Read a whole XP file: the ``concat`` of :func:`iter_xp`'s batches (an :class:`XPBatch`,
+    or a :class:`~cvae_pms.xp.sampled.SampledBatch` for a sampled file)."""
+    batches = list(iter_xp(path))
+    return type(batches[0]).concat(batches)
 
 
 # ----------------------------------------------------------------------------- writer

@@ -149,7 +149,9 @@ def write_sampled_flux(xp_path: str | os.PathLike, out_path: str | os.PathLike,
     Datasets: ``source_id`` (n,) int64, ``wavelength_nm`` (343,), ``flux`` and ``flux_error``
     (n, 343) float64 in W m^-2 nm^-1 (NaN rows for flagged sources), ``error`` (n,) str
     ('' when usable). Root attributes: ``flux_unit``, ``wavelength_unit``, ``input_file``,
-    ``n_sources``, ``n_ok``. Written to a temporary sibling and renamed when complete.
+    ``n_sources``, ``n_ok``, ``passed_through`` (1 when the input was already sampled: its flux
+    and flux_error are copied, in W m^-2 nm^-1). Written to a temporary sibling and renamed
+    when complete.
 
     Raises:
         XPReadError: the input is not a readable XP file, or the output folder does not exist.
@@ -164,6 +166,7 @@ def write_sampled_flux(xp_path: str | os.PathLike, out_path: str | os.PathLike,
     if not out_path.parent.is_dir():
         raise XPReadError(f"{out_path}: output directory {out_path.parent} does not exist")
     n = n_ok = 0
+    passed = False
     with atomic_path(out_path) as tmp:
         with h5py.File(tmp, "w") as h5:
             m = len(SAMPLING_NM)
@@ -182,8 +185,13 @@ def write_sampled_flux(xp_path: str | os.PathLike, out_path: str | os.PathLike,
                 for ds in (sid, flux, err, msg):
                     ds.resize(n + k, axis=0)
                 sid[n:n + k] = batch.source_id
-                flux[n:n + k] = sampled_flux(batch.bp_coefficients, batch.rp_coefficients)
-                err[n:n + k] = sampled_flux_error(batch.bp_covariance, batch.rp_covariance)
+                passed = batch.sampled
+                if batch.sampled:
+                    flux[n:n + k] = batch.flux
+                    err[n:n + k] = batch.flux_error
+                else:
+                    flux[n:n + k] = sampled_flux(batch.bp_coefficients, batch.rp_coefficients)
+                    err[n:n + k] = sampled_flux_error(batch.bp_covariance, batch.rp_covariance)
                 msg[n:n + k] = [str(e) for e in batch.error]
                 n += k
                 n_ok += int(batch.ok.sum())
@@ -191,7 +199,9 @@ def write_sampled_flux(xp_path: str | os.PathLike, out_path: str | os.PathLike,
                 ds.attrs["unit"] = "W m^-2 nm^-1"
             h5.attrs.update({"flux_unit": "W m^-2 nm^-1", "wavelength_unit": "nm",
                              "input_file": os.path.abspath(os.fspath(xp_path)),
-                             "n_sources": n, "n_ok": n_ok,
-                             "description": "Gaia XP calibrated sampled flux (gaiaxpy default "
-                                            "sampling, numpy port of gaiaxpy.calibrate)"})
-    return {"path": str(out_path), "n_sources": n, "n_ok": n_ok}
+                             "n_sources": n, "n_ok": n_ok, "passed_through": int(passed),
+                             "description": (
+                                 "Gaia XP sampled flux passed through from a sampled input"
+                                 if passed else "Gaia XP calibrated sampled flux (gaiaxpy "
+                                 "default sampling, numpy port of gaiaxpy.calibrate)")})
+    return {"path": str(out_path), "n_sources": n, "n_ok": n_ok, "passed_through": passed}
