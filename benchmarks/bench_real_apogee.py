@@ -36,17 +36,19 @@ LABELS = (("teff", "teff"), ("logg", "logg"), ("mh", "fe_h"))
 
 def sampled_samples(run, flux: np.ndarray, flux_error: np.ndarray, n_samples: int, seed: int,
                     source_id: np.ndarray) -> np.ndarray:
-    """Posterior samples (n, S, 7) of sampled spectra (flux, error [W m^-2 nm^-1] (n, 343)):
-    features from the flux and per-pixel variance plus the model's model-error term, exactly as
-    the coefficient path computes them from the propagated covariance."""
-    import tensorflow as tf
-    feat = run.featuriser
-    unit = np.mean(np.abs(flux), axis=1, keepdims=True)
-    f = tf.constant(flux / unit, tf.float32)
-    var = tf.constant((flux_error / unit) ** 2, tf.float32) + feat.model_error_variance(f)
-    log10_unit = tf.constant(np.log10(unit[:, 0]) + 0.0, tf.float32)
-    y, _ = feat.from_flux(f, var, log10_unit)
-    return run.sample_features(y.numpy(), n_samples=n_samples, seed=seed)
+    """Posterior samples (n, S, 7) of sampled spectra (flux, error [W m^-2 nm^-1] (n, 343))
+    through the one inference path (:func:`cvae_pms.infer.infer_batch` on a
+    :class:`~cvae_pms.xp.sampled.SampledBatch`), keyed on ``source_id`` as ``infer`` is."""
+    from cvae_pms.infer import infer_batch, load_model
+    from cvae_pms.xp.sampled import SampledBatch
+    model = load_model(run)
+    out = []
+    for lo in range(0, len(source_id), 2048):
+        sl = slice(lo, lo + 2048)
+        batch = SampledBatch(np.asarray(source_id[sl], np.int64), flux[sl], flux_error[sl],
+                             np.array([""] * len(flux[sl]), dtype=object), {}, "apogee-library")
+        out.append(infer_batch(model, batch, n_samples, seed).samples)
+    return np.concatenate(out)
 
 
 def metrics(med: np.ndarray, lo68, hi68, lo95, hi95, truth: np.ndarray) -> dict:
@@ -76,7 +78,7 @@ def sco(run, n_samples: int, seed: int) -> dict | None:
     from cvae_pms.infer import infer_batch, load_model
     from cvae_pms.xp.archive import read_xp
     batch = read_xp(SCO_FILE)
-    res = infer_batch(load_model(run.path), batch, n_samples, seed)
+    res = infer_batch(load_model(run), batch, n_samples, seed)
     s = res.samples[0]
     out = {"flags": int(res.status[0])}
     for name, lit in SCO_LABELS.items():
@@ -98,12 +100,11 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/out/real_apogee.json")
     ap.add_argument("--figure", default=None, help="predicted vs APOGEE figure (.png)")
     args = ap.parse_args()
-    from cvae_pms.model.rundir import load_run
     from cvae_pms.realdata import apogee
     from cvae_pms.realdata.calibrate import usable
 
     t0 = time.time()
-    run = load_run(args.run)
+    run = args.run
     lib = apogee.read_library(parts=(apogee.TEST_PART,), in_box_only=True, download=True)
     lib = lib.select(usable(lib))
     lab = lib.labels
@@ -168,7 +169,11 @@ def main() -> None:
 
 def figure(samples: np.ndarray, lab: dict, path: str, result: dict) -> None:
     from cvae_pms.plots import plain_text
-    plain_text()
+    with plain_text():
+        _figure(samples, lab, path, result)
+
+
+def _figure(samples: np.ndarray, lab: dict, path: str, result: dict) -> None:
     import matplotlib.pyplot as plt
     med = np.median(samples, axis=1)
     fig, axes = plt.subplots(1, 3, figsize=(13, 4.2))
