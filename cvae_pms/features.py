@@ -296,18 +296,9 @@ class Featuriser:
         parallax is None/NaN/non-positive or below ``min_over_error``; see
         :func:`cvae_pms.astrometry.luminosity_channel`).
         """
-        from cvae_pms.astrometry import luminosity_channel
         y, lg = self.numpy(bp, rp, bp_cov, rp_cov)
-        n = y.shape[0]
-        if not self.spec.luminosity:
-            return y, lg, np.zeros(n, bool)
-        nan = np.full(n, np.nan)
-        plx = nan if parallax_mas is None else np.asarray(parallax_mas, np.float64)
-        err = nan if parallax_error_mas is None else np.asarray(parallax_error_mas, np.float64)
-        value, error, present = luminosity_channel(lg, plx, err, zero_point_mas, min_over_error)
-        lum = self.luminosity_inputs(tf.constant(value, tf.float32),
-                                     tf.constant(error, tf.float32), tf.constant(present)).numpy()
-        return np.concatenate([y, lum], axis=1), lg, present
+        return self._append_luminosity(y, lg, parallax_mas, parallax_error_mas,
+                                       zero_point_mas, min_over_error)
 
     # -- sampled-spectrum input (numpy) --------------------------------------------------
     def numpy_sampled(self, flux: np.ndarray, flux_error: np.ndarray,

@@ -162,6 +162,16 @@ class Library:
         hp = HEALPix(nside=2 ** 12, order="nested", frame=ICRS())
         return hp.healpix_to_skycoord(self.labels["gaia_source_id"] // 2 ** 35).galactic.b.deg
 
+    @classmethod
+    def concat(cls, chunks: list["Library"]) -> "Library":
+        """Join the chunks of :func:`iter_library` (at least one)."""
+        if len(chunks) == 1:
+            return chunks[0]
+        return cls(chunks[0].path, *(np.concatenate([getattr(c, k) for c in chunks])
+                                     for k in ("row", "apogee_id", "part", "flux",
+                                               "flux_error")),
+                   {k: np.concatenate([c.labels[k] for c in chunks]) for k in chunks[0].labels})
+
     def select(self, mask: np.ndarray) -> "Library":
         m = np.asarray(mask)
         return Library(self.path, self.row[m], self.apogee_id[m], self.part[m], self.flux[m],
@@ -191,29 +201,12 @@ def read_library(path: str | os.PathLike | None = None, parts: tuple[int, ...] =
         in_box_only: keep only stars whose APOGEE labels are inside the parameter box.
         download: fetch the library when not found.
     """
-    from astropy.io import fits
-
-    if RESERVED_PART in parts or not set(parts) <= {1, 2, 3}:
-        raise LibraryError(f"parts {parts}: only 1, 2, 3 may be read (part {RESERVED_PART} "
-                           "is reserved for the independent validation)")
-    p = Path(path) if path is not None else library_path(download=download)
-    try:
-        with fits.open(p, memmap=True) as hdul:
-            data = hdul[1].data
-            ids = np.char.strip(np.asarray(data.field("apogee_id")).astype(str))
-            part = split_part(ids)
-            keep = np.flatnonzero(np.isin(part, parts))
-            labels = {k: np.asarray(data.field(k)[keep], np.float64) for k in _LABELS}
-            labels["gaia_source_id"] = np.asarray(data.field("gaiaedr3_source_id")[keep],
-                                                  np.int64)
-            med = np.asarray(data.field("medflux")[keep], np.float64)[:, None]
-            flux = np.asarray(data.field("flux")[keep], np.float64) * med
-            err = np.asarray(data.field("flux_error")[keep], np.float64) * med
-    except (OSError, KeyError, IndexError, ValueError) as exc:
-        raise LibraryError(f"{p}: cannot read the APOGEE x XP library: {exc}") from exc
-    lib = Library(p, keep, ids[keep], part[keep], flux, err, labels)
+    chunks = list(iter_library(path, parts, chunk_size=1 << 30, download=download))
+    if not chunks:
+        raise LibraryError(f"{path or library_path()}: no rows in parts {parts}")
+    lib = Library.concat(chunks)
     if in_box_only:
-        lib = lib.select(in_box(labels["teff"], labels["logg"], labels["fe_h"]))
+        lib = lib.select(in_box(lib.labels["teff"], lib.labels["logg"], lib.labels["fe_h"]))
     return lib
 
 
