@@ -31,6 +31,7 @@ SCO_FILE = SHARED / "gaiaxpy_samples" / "18Sco-XP-spectra.csv"
 SCO_LABELS = {"teff": 5810.0, "logg": 4.44, "mh": 0.03}
 TEFF_BINS = ((3000, 4000), (4000, 4500), (4500, 5500), (5500, 7000))
 G_BINS = ((5, 11), (11, 12.5), (12.5, 14), (14, 16))
+LOGG_SPLIT = 3.8
 LABELS = (("teff", "teff"), ("logg", "logg"), ("mh", "fe_h"))
 
 
@@ -116,6 +117,10 @@ def main() -> None:
         masks[f"teff {lo}-{hi}"] = (lab["teff"] >= lo) & (lab["teff"] < hi)
     for lo, hi in G_BINS:
         masks[f"G {lo}-{hi}"] = (g >= lo) & (g < hi)
+    for lo, hi in TEFF_BINS[1:]:   # giants vs dwarfs (PMS stars lie between, log g 3.5-4.5)
+        t_bin = (lab["teff"] >= lo) & (lab["teff"] < hi)
+        masks[f"teff {lo}-{hi} log g < {LOGG_SPLIT}"] = t_bin & (lab["logg"] < LOGG_SPLIT)
+        masks[f"teff {lo}-{hi} log g >= {LOGG_SPLIT}"] = t_bin & (lab["logg"] >= LOGG_SPLIT)
     ok = np.isfinite(samples).all(axis=(1, 2))
     masks = {k: m & ok for k, m in masks.items()}
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
