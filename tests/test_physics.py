@@ -101,17 +101,42 @@ def test_outside_table_raises_naming_the_star():
 # --- accretion ---------------------------------------------------------------------------
 
 def test_sanity_figures_4000k_star():
-    """forward-model.md: 4000 K, 0.6 Msun, log g 4, f 0.01."""
+    """The figures the README states for 4000 K, 0.6 Msun, log g 4, f 0.01 (T_hp 8870 K,
+    veiling r(400/550/800 nm) = 3.2/0.63/0.19; log Mdot -9: r(550) = 0.072; box corner
+    log Mdot -4.52, f 0.3: 420x), each within 15 % (a factor 2 anywhere in L_acc, F or the
+    heating fraction moves r(550) by > 40 %)."""
     wl = np.array([400.0, 550.0, 800.0])
     c = components(star(log_mdot=-8.0), wl)
-    assert abs(c.t_hp_k[0] - 8900.0) < 200.0
-    r = c.veiling[0]
-    for got, want in zip(r, (3.1, 0.55, 0.2)):
-        assert want / 2 < got < want * 2
+    assert c.t_hp_k[0] == pytest.approx(8870.0, rel=0.01)
+    np.testing.assert_allclose(c.veiling[0], [3.2, 0.63, 0.19], rtol=0.15)
     r9 = veiling(star(log_mdot=-9.0), np.array([550.0]))[0, 0]
-    assert 0.035 < r9 < 0.14
+    assert r9 == pytest.approx(0.072, rel=0.15)
     corner = veiling(star(log_mdot=-4.52, ff=0.3), np.array([550.0]))[0, 0]
-    assert 200 < corner < 800
+    assert corner == pytest.approx(420.0, rel=0.15)
+
+
+def test_energy_balance_of_the_accretion_column():
+    """Independent of the package's constants: R = sqrt(G M / g), L_acc = G M Mdot / R
+    (1 - R / R_in) with R_in = 5 R, F = L_acc / (4 pi R^2 f) and sigma T_hp^4 = sigma T_eff^4
+    + 3/4 F, written out with CODATA/IAU numbers; the spot's excess (3/4 F) plus the slab
+    (1/4 F) over the spot area give back L_acc."""
+    g_si, m_sun, yr, sigma = 6.6743e-11, 1.98841e30, 365.25 * 86400.0, 5.670374e-8
+    for log_mdot, ff, mass, logg in ((-8.0, 0.01, 0.6, 4.0), (-6.0, 0.1, 1.2, 3.0),
+                                     (-10.0, 0.002, 0.3, 4.8)):
+        theta = star(log_mdot=log_mdot, ff=ff, mass=mass, logg=logg)
+        c = components(theta, np.array([550.0]))
+        radius = np.sqrt(g_si * mass * m_sun / 10.0 ** (logg - 2.0))
+        l_acc = g_si * mass * m_sun * 10.0**log_mdot * m_sun / yr / radius * (1.0 - 1.0 / 5.0)
+        flux = l_acc / (4.0 * np.pi * radius**2 * ff)
+        assert c.radius_m[0] == pytest.approx(radius, rel=1e-4)
+        assert c.energy_flux_w_m2[0] == pytest.approx(flux, rel=1e-4)
+        assert c.t_hp_k[0] == pytest.approx((4000.0**4 + 0.75 * flux / sigma) ** 0.25, rel=1e-4)
+        spot_excess = sigma * (c.t_hp_k[0] ** 4 - 4000.0**4) + 0.25 * c.energy_flux_w_m2[0]
+        assert 4.0 * np.pi * radius**2 * ff * spot_excess == pytest.approx(l_acc, rel=1e-4)
+    # 0.6 Msun, R = 1.28 Rsun (log g 4), 1e-8 Msun/yr: L_acc = 0.8 G M Mdot / R = 0.1175 L_sun
+    c = components(star(log_mdot=-8.0), np.array([550.0]))
+    l_acc = 4.0 * np.pi * c.radius_m[0] ** 2 * 0.01 * c.energy_flux_w_m2[0]
+    assert l_acc / 3.828e26 == pytest.approx(0.1175, rel=0.01)
 
 
 def test_veiling_grows_with_mdot_and_is_bluer():
