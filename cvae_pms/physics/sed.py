@@ -217,14 +217,15 @@ def sed_flux(theta: np.ndarray, wavelength_nm: np.ndarray | None = None,
 
 def veiling(theta: np.ndarray, wavelength_nm: np.ndarray | None = None,
             settings: AccretionSettings = AccretionSettings(),
-            rng: np.random.Generator | None = None) -> np.ndarray:
+            rng: np.random.Generator | None = None,
+            photosphere_correction: str | None = DEFAULT_CORRECTION) -> np.ndarray:
     """Veiling r(lambda) = accretion excess / photospheric flux, (n, m), at the surface.
 
     r = [(1 - f) F_phot + f (F_hp + F_slab) - F_phot] / F_phot = f (F_hp + F_slab - F_phot)
     / F_phot: the flux added by accretion over the flux of the same star without it
     (so r = 0 without accretion at any filling factor). Extinction does not enter.
     """
-    return components(theta, wavelength_nm, settings, rng).veiling
+    return components(theta, wavelength_nm, settings, rng, photosphere_correction).veiling
 
 
 def forward_model_meta(settings: AccretionSettings = AccretionSettings(),
