@@ -12,7 +12,6 @@ from cvae_pms.grid.gridfile import open_grid, write_grid
 from cvae_pms.grid.synth import synth_grid
 from cvae_pms.simulate import SimulateError, parse_range, simulate, simulate_observations
 from cvae_pms.xp.archive import read_xp
-from cvae_pms.xp.noise import model_error_variance
 from cvae_pms.xp.photometry import g_mag
 from cvae_pms.xp.sampling import sampled_flux, sampled_flux_error
 
@@ -45,10 +44,12 @@ def test_grid_simulation_round_trip(tmp_path, grid):
     np.testing.assert_allclose(theta, np.column_stack([truth[n] for n in P.NAMES]))
     # the observed spectra are the grid spectra scaled to G plus noise of the size inference
     # assumes: in calibrated flux, the propagated covariance plus the model-error variance
+    # (the shipped, T_eff-dependent term, at each star's true T_eff)
+    from cvae_pms.xp.model_error import ModelError
     scale = 10 ** (-0.4 * (np.asarray(truth["g_mag"]) - g_mag(bp0, rp0)))
     flux0 = sampled_flux(bp0 * scale[:, None], rp0 * scale[:, None])
     sigma = np.sqrt(sampled_flux_error(batch.bp_covariance, batch.rp_covariance) ** 2
-                    + model_error_variance(flux0))
+                    + ModelError.default().variance(theta[:, P.INDEX["teff"]]) * flux0 ** 2)
     resid = (sampled_flux(batch.bp_coefficients, batch.rp_coefficients) - flux0) / sigma
     assert 0.8 < resid.std() < 1.2
     np.testing.assert_allclose(g_mag(batch.bp_coefficients, batch.rp_coefficients), truth["g_mag"], atol=0.05)
