@@ -21,11 +21,12 @@ from functools import lru_cache
 from importlib import resources
 
 import numpy as np
+from cvae_pms.errors import CvaePmsError
 
 TABLE_FILE = "phoenix_aces.npz"
 
 
-class PhysicsError(ValueError):
+class PhysicsError(CvaePmsError, ValueError):
     """A forward-model input the physics cannot handle (the message names the star and value)."""
 
 
