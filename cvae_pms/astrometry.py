@@ -29,13 +29,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from cvae_pms.errors import CvaePmsError
 
 LN10 = math.log(10.0)
 #: Minimum parallax / parallax_error for the luminosity channel (inference default).
 DEFAULT_MIN_PARALLAX_OVER_ERROR = 5.0
 
 
-class AstrometryError(ValueError):
+class AstrometryError(CvaePmsError, ValueError):
     """An astrometry table is missing, unreadable or lacks a needed column (names the file)."""
 
 

@@ -28,9 +28,10 @@ from astropy.table import Table
 from cvae_pms import params
 from cvae_pms.diagnostics import accuracy, figures, pp, sbc, tarp
 from cvae_pms.diagnostics.result_files import write_json, write_table
+from cvae_pms.errors import CvaePmsError
 
 
-class EvaluationError(Exception):
+class EvaluationError(CvaePmsError):
     """Evaluation cannot run: bad option, incompatible run/grid (message says which)."""
 
 

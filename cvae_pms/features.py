@@ -43,6 +43,7 @@ from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
+from cvae_pms.errors import CvaePmsError
 
 #: Bump when anything in the feature computation changes (models refuse other versions).
 FEATURE_VERSION = 1
@@ -55,7 +56,7 @@ N_LUMINOSITY = 3
 RELNOISE_CLIP = (-5.0, 1.0)
 
 
-class FeatureError(ValueError):
+class FeatureError(CvaePmsError, ValueError):
     """A feature specification is missing, malformed or was made with another version."""
 
 

@@ -11,12 +11,19 @@ Reproducibility: the samples of a source depend only on (model, global seed, sou
 each source is sampled with its own key ``splitmix64(seed, source_id)``, so chunking, ``--batch``,
 ``--resume`` and the Dask partitioning into files do not change them.
 
-Files: the output is written to ``POST.h5.tmp-<pid>`` and renamed to ``POST.h5`` at the end.
-On an interruption (Ctrl-C, SIGTERM, an error) the completed rows are kept as
-``POST.h5.partial``; ``--resume`` continues from it (or from an orphaned
-``POST.h5.tmp-<pid>`` of a killed run, or from an existing ``POST.h5`` when adding inputs),
-skipping every (input file, source_id) already done; it refuses a partial file made with
-another model, seed, S, user prior or parallax settings.
+Files: every output is checked first (folder exists and is writable; an existing ``POST.h5``
+or summary is refused without ``overwrite``), and ``POST.h5.lock`` (:class:`cvae_pms.outputs.
+OutputLock`) keeps a second process from writing the same output. The output is written to
+``POST.h5.tmp-<pid>`` and renamed to ``POST.h5`` at the end. On an interruption (Ctrl-C,
+SIGTERM, an error) the completed rows are kept as ``POST.h5.partial`` (a temporary file
+without any completed row is removed). ``--resume`` continues from the newest of
+``POST.h5.partial``, the ``POST.h5.tmp-<pid>`` of killed runs and an existing ``POST.h5``
+(when adding inputs) that was made with the same model, seed, S, user prior and parallax
+settings (damaged ones are skipped), skipping every (input file, input row) already done, and
+removes the others when it completes; it refuses when every candidate has other settings.
+
+Duplicated source_ids within one input file are kept (each row is its own posterior, keyed on
+its row for ``--resume``), flagged ``duplicate_source_id`` and named in a warning.
 
 Parallaxes (luminosity models only, :mod:`cvae_pms.astrometry`): ``parallax`` and
 ``parallax_error`` come from the input's extra columns, or, where a side table
@@ -48,6 +55,7 @@ import numpy as np
 from cvae_pms import __version__, params
 from cvae_pms import posterior_file as pf
 from cvae_pms.ood import OODIndex, bound_flags, load_or_build_ood_index
+from cvae_pms.errors import CvaePmsError
 
 #: Sources per compiled call of the keyed sampler.
 KEYED_BATCH = 32
@@ -56,7 +64,7 @@ _MODEL_FILES = ("model.weights.h5", "network.json", "features.json", "features.n
                 "params.json")
 
 
-class InferError(Exception):
+class InferError(CvaePmsError):
     """Inference cannot run or an input gave nothing usable (the message names the file)."""
 
 
@@ -336,6 +344,7 @@ class InferResult:
     n_skipped: int = 0
     n_no_parallax: int = 0
     n_low_ess: int = 0
+    n_duplicates: int = 0
     seconds: float = 0.0
     per_file: dict = field(default_factory=dict)
     unusable_files: dict = field(default_factory=dict)
@@ -343,22 +352,33 @@ class InferResult:
 
 
 def check_paths(inputs: Sequence[str | os.PathLike], out: str | os.PathLike,
-                summary: str | os.PathLike | None = None) -> list[Path]:
-    """Fail early (before loading anything): missing inputs, unknown formats, missing dirs."""
+                summary: str | os.PathLike | None = None, *, overwrite: bool = False,
+                plots: str | os.PathLike | None = None,
+                truth: str | os.PathLike | None = None, out_is_stem: bool = False) -> list[Path]:
+    """Fail early (before loading anything): missing inputs, unknown formats, an input given
+    twice; outputs whose folder is missing or read-only, or that exist already (unless
+    ``overwrite``; ``out_is_stem``: ``out`` only names the per-input files, see
+    :mod:`cvae_pms.scaleout`)."""
+    from cvae_pms.outputs import OutputError, check_output_dir, check_output_file
     from cvae_pms.xp.archive import XPReadError, xp_format
 
     out = Path(out)
-    if not out.parent.is_dir():
-        raise InferError(f"{out}: output directory {out.parent} does not exist")
-    if summary is not None:
-        s = Path(summary)
-        if not s.parent.is_dir():
-            raise InferError(f"{s}: summary directory {s.parent} does not exist")
-        if s.suffix.lower() not in (".ecsv", ".csv", ".fits"):
-            raise InferError(f"{s}: summary must end in .ecsv, .csv or .fits")
+    try:
+        check_output_file(out, overwrite=overwrite or out_is_stem, what="output")
+        if summary is not None:
+            s = Path(summary)
+            if s.suffix.lower() not in (".ecsv", ".csv", ".fits"):
+                raise InferError(f"{s}: summary must end in .ecsv, .csv or .fits")
+            check_output_file(s, overwrite=overwrite, what="summary")
+        if plots is not None:
+            check_output_dir(plots, what="plot directory")
+    except OutputError as exc:
+        raise InferError(str(exc)) from exc
+    if truth is not None and not Path(truth).is_file():
+        raise InferError(f"{truth}: no such truth table")
     if not inputs:
         raise InferError("no input file given")
-    paths = []
+    paths, seen = [], set()
     for p in inputs:
         p = Path(p)
         if not p.is_file():
@@ -367,36 +387,126 @@ def check_paths(inputs: Sequence[str | os.PathLike], out: str | os.PathLike,
             xp_format(p)
         except XPReadError as exc:
             raise InferError(str(exc)) from exc
+        if os.path.abspath(p) in seen:
+            raise InferError(f"{p}: input file given twice")
+        seen.add(os.path.abspath(p))
         paths.append(p)
     return paths
 
 
-def _resume_source(out: Path) -> Path | None:
-    """Partial results to resume from: POST.h5.partial, an orphaned tmp, or POST.h5."""
+def resume_candidates(out: str | os.PathLike) -> list[Path]:
+    """Files an ``--resume`` of ``out`` may continue, newest first: ``OUT.partial``, the
+    ``OUT.tmp-<pid>`` of killed processes, and ``OUT`` itself."""
+    from cvae_pms.outputs import pid_alive
+
+    out = Path(out)
+    found = []
     partial = out.with_name(out.name + ".partial")
     if partial.is_file():
-        return partial
-    orphans = []
+        found.append(partial)
     for tmp in out.parent.glob(out.name + ".tmp-*"):
         try:
             pid = int(tmp.name.rsplit("-", 1)[1])
         except ValueError:
             continue
-        if pid != os.getpid() and not _pid_alive(pid):
-            orphans.append(tmp)
-    if orphans:
-        return max(orphans, key=lambda p: p.stat().st_mtime)
-    return out if out.is_file() else None
+        if pid != os.getpid() and not pid_alive(pid) and tmp.is_file():
+            found.append(tmp)
+    if out.is_file():
+        found.append(out)
+    return sorted(found, key=lambda p: p.stat().st_mtime_ns, reverse=True)
 
 
-def _pid_alive(pid: int) -> bool:
+def _check_resume_file(path: Path, n_samples: int, expect: dict, attrs: dict,
+                       keep_raw: bool) -> int:
+    """Completed rows of a resume candidate; :class:`PosteriorFileError` when it was made with
+    other settings, any other exception when it is damaged."""
+    import h5py
+    with h5py.File(path, "r") as f:
+        pf.check_compatible(f, path, n_samples=n_samples, expect=expect)
+        n = int(f.attrs["n_complete"])
+        for name in ("source_id", "status", "input_file", "samples"):
+            if f[name].shape[0] < n:
+                raise ValueError(f"{name} has {f[name].shape[0]} rows < n_complete {n}")
+        if n:
+            f["source_id"][n - 1], f["samples"][n - 1]  # readable to the last complete row
+    _check_resume_settings(path, attrs, keep_raw)
+    return n
+
+
+def _pick_resume_source(candidates: list[Path], n_samples: int, expect: dict, attrs: dict,
+                        keep_raw: bool, log: Callable[[str], None] | None) -> Path | None:
+    """The newest candidate made with the same model and settings; damaged ones are skipped
+    (said in the log). Raises :class:`InferError` when every readable one has other settings."""
+    mismatch = None
+    for c in candidates:
+        try:
+            _check_resume_file(c, n_samples, expect, attrs, keep_raw)
+            return c
+        except pf.PosteriorFileError as exc:
+            mismatch = mismatch or (c, exc)
+            if log:
+                log(f"{c}: not resumable with these settings ({exc})")
+        except Exception as exc:  # noqa: BLE001 - any failure to read it means damage
+            if log:
+                log(f"{c}: damaged, not used ({type(exc).__name__}: {exc})")
+    if mismatch is not None:
+        raise InferError(f"cannot resume from {mismatch[0]}: {mismatch[1]}")
+    if candidates and log:
+        log("no usable partial results: starting from the beginning")
+    return None
+
+
+def _complete_rows(path: Path) -> int:
+    """``n_complete`` of a posterior file; -1 when it cannot be read."""
+    import h5py
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        with h5py.File(path, "r") as f:
+            return int(f.attrs.get("n_complete", 0))
+    except Exception:  # noqa: BLE001
+        return -1
+
+
+def _done_keys(tmp: Path) -> tuple[dict, dict]:
+    """From a resumed file: per input file the keys already done (``("row", sorted input
+    rows)``, or ``("id", sorted source_ids)`` for files written before ``input_row``) and the
+    (source_id, output row, input row) arrays of its rows (for the duplicate flags)."""
+    files, ids, rows = pf.completed_rows(tmp)
+    done, seen = {}, {}
+    if not files.size:
+        return done, seen
+    names, inv = np.unique(files, return_inverse=True)
+    for k, name in enumerate(names):
+        out_rows = np.flatnonzero(inv == k)
+        f_ids = ids[out_rows]
+        f_rows = rows[out_rows] if rows is not None else np.full(out_rows.size, -1, np.int64)
+        legacy = rows is None or (f_rows < 0).any()
+        done[str(name)] = ("id", np.sort(f_ids)) if legacy else ("row", np.sort(f_rows))
+        seen[str(name)] = [(f_ids, out_rows, f_rows)]
+    return done, seen
+
+
+def _flag_duplicates(writer: "pf.PosteriorWriter", parts: list) -> tuple[int, int, str]:
+    """Flag every row whose source_id occurs more than once among ``parts`` (one input file's
+    rows: (source_id, output row, input row) arrays). Returns (rows, ids, an example)."""
+    if not parts:
+        return 0, 0, ""
+    ids = np.concatenate([p[0] for p in parts])
+    out_rows = np.concatenate([p[1] for p in parts])
+    in_rows = np.concatenate([p[2] for p in parts])
+    order = np.argsort(ids, kind="stable")
+    s = ids[order]
+    same = s[1:] == s[:-1]
+    mask = np.zeros(s.size, bool)
+    mask[1:] |= same
+    mask[:-1] |= same
+    dup = order[mask]
+    if not dup.size:
+        return 0, 0, ""
+    writer.set_flag(out_rows[dup], pf.FLAG_DUPLICATE_SOURCE_ID)
+    first = s[mask][0]
+    at = np.sort(in_rows[ids == first])
+    example = f"source_id {first} at input rows {', '.join(str(r) for r in at[:5])}"
+    return int(dup.size), int(np.unique(ids[dup]).size), example
 
 
 def infer(run_dir: str | os.PathLike, inputs: Sequence[str | os.PathLike],
@@ -410,7 +520,7 @@ def infer(run_dir: str | os.PathLike, inputs: Sequence[str | os.PathLike],
           parallax_zero_point: float | None = None,
           min_parallax_over_error: float = 5.0,
           prior: str | os.PathLike | object | None = None,
-          keep_raw: bool = False) -> InferResult:
+          keep_raw: bool = False, overwrite: bool = False) -> InferResult:
     """Posterior samples for every source of ``inputs``, written to the posterior file ``out``.
 
     Args:
@@ -418,7 +528,9 @@ def infer(run_dir: str | os.PathLike, inputs: Sequence[str | os.PathLike],
         inputs: XP archive files (any format :func:`~cvae_pms.xp.archive.iter_xp` reads).
         out: posterior HDF5 file to write.
         n_samples: samples per source S. seed: global seed. batch: sources per chunk.
-        summary: optional summary table (.ecsv/.csv/.fits). resume: continue partial results.
+        summary: optional summary table (.ecsv/.csv/.fits). resume: continue partial results
+            (the newest of ``OUT.partial``, orphaned ``OUT.tmp-<pid>`` and ``OUT`` made with the
+            same model and settings; the others are removed at the end).
         plots, max_plots, truth: corner plots of the first ``max_plots`` sources (truth lines
             from a truth CSV with source_id + parameter columns).
         progress: tqdm progress bar on stderr. command_line: recorded in the file.
@@ -428,18 +540,23 @@ def infer(run_dir: str | os.PathLike, inputs: Sequence[str | os.PathLike],
             ``luminosity.zero_point_mas``). min_parallax_over_error: below it, spectrum-only.
         prior: a prior TOML path or :class:`cvae_pms.priors.Prior`; keep_raw: also write
             the raw samples (``samples_raw``).
+        overwrite: replace an existing ``out``/``summary`` (and start again over partial
+            results); without it (and without ``resume``) they are refused.
 
     Raises:
-        InferError: bad paths, unusable model dir, unreadable input/astrometry/prior file,
-            resuming with another prior or parallax settings.
+        InferError: bad or existing paths, unusable model dir, unreadable input/astrometry/prior
+            file, resuming with another prior or parallax settings, ``out`` being written by
+            another process (lock file ``OUT.lock``).
     """
     from tqdm import tqdm
 
+    from cvae_pms.outputs import output_locks
     from cvae_pms.xp.archive import XPReadError, iter_xp
 
     t0 = time.time()
     out = Path(out)
-    paths = check_paths(inputs, out, summary)
+    paths = check_paths(inputs, out, summary, overwrite=overwrite or resume, plots=plots,
+                        truth=truth)
     if n_samples < 1 or batch < 1:
         raise InferError(f"--samples ({n_samples}) and --batch ({batch}) must be >= 1")
     if keep_raw and prior is None:
@@ -451,103 +568,156 @@ def infer(run_dir: str | os.PathLike, inputs: Sequence[str | os.PathLike],
         table = read_astrometry(astrometry) if astrometry is not None else None
     except (PriorError, AstrometryError) as exc:
         raise InferError(str(exc)) from exc
-    model = model or load_model(run_dir, log=log)
-    if not model.luminosity and log and (astrometry is not None
-                                         or parallax_zero_point is not None):
-        log(f"{run_dir}: spectrum-only model (no luminosity channel): parallaxes are ignored")
-    zp = model.zero_point_mas if parallax_zero_point is None else float(parallax_zero_point)
-    plx_opts = ParallaxOptions(table, zp, float(min_parallax_over_error))
-    said_ignored = [not model.luminosity and (astrometry is not None
-                                              or parallax_zero_point is not None)]
-    attrs = {"run_dir": str(Path(run_dir).resolve()), "model_hash": model.hash, "seed": int(seed),
-             "command_line": list(command_line or sys.argv), "cvae_pms_version": __version__,
-             "ood_threshold": float(model.ood.threshold), "ood_k": int(model.ood.k),
-             "inputs": [str(p.resolve()) for p in paths],
-             "prior": _prior_json(prior_obj), "luminosity": int(model.luminosity),
-             "parallax_zero_point_mas": zp if model.luminosity else float("nan"),
-             "min_parallax_over_error": (float(min_parallax_over_error) if model.luminosity
-                                         else float("nan")),
-             "astrometry": str(Path(astrometry).resolve()) if astrometry is not None else ""}
-    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
-    partial = out.with_name(out.name + ".partial")
-    done: set[tuple[str, int]] = set()
-    source = _resume_source(out) if resume else None
-    if source is not None:
-        shutil.copyfile(source, tmp)
+    with output_locks([out, summary], log=log):
+        candidates = resume_candidates(out)
+        leftovers = [c for c in candidates if c != out]
+        if leftovers and not (resume or overwrite):
+            raise InferError(f"{leftovers[0]}: partial results of an interrupted run of {out}: "
+                             f"continue it with --resume, or start again with --overwrite")
+        model = model or load_model(run_dir, log=log)
+        if not model.luminosity and log and (astrometry is not None
+                                             or parallax_zero_point is not None):
+            log(f"{run_dir}: spectrum-only model (no luminosity channel): parallaxes are ignored")
+        zp = model.zero_point_mas if parallax_zero_point is None else float(parallax_zero_point)
+        plx_opts = ParallaxOptions(table, zp, float(min_parallax_over_error))
+        said_ignored = [not model.luminosity and (astrometry is not None
+                                                  or parallax_zero_point is not None)]
+        attrs = {"run_dir": str(Path(run_dir).resolve()), "model_hash": model.hash,
+                 "seed": int(seed),
+                 "command_line": list(command_line or sys.argv), "cvae_pms_version": __version__,
+                 "ood_threshold": float(model.ood.threshold), "ood_k": int(model.ood.k),
+                 "inputs": [str(p.resolve()) for p in paths],
+                 "prior": _prior_json(prior_obj), "luminosity": int(model.luminosity),
+                 "parallax_zero_point_mas": zp if model.luminosity else float("nan"),
+                 "min_parallax_over_error": (float(min_parallax_over_error) if model.luminosity
+                                             else float("nan")),
+                 "astrometry": str(Path(astrometry).resolve()) if astrometry is not None else ""}
+        tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+        partial = out.with_name(out.name + ".partial")
+        expect = {"model_hash": model.hash, "seed": int(seed)}
+        source = (_pick_resume_source(candidates, n_samples, expect, attrs, keep_raw, log)
+                  if resume else None)
+        done: dict = {}
+        seen: dict = {}
+        if source is not None:
+            try:
+                shutil.copyfile(source, tmp)
+                pf.PosteriorWriter(tmp, n_samples, resume=True, expect=expect).close()
+                done, seen = _done_keys(tmp)
+            except (OSError, pf.PosteriorFileError) as exc:
+                tmp.unlink(missing_ok=True)
+                raise InferError(f"cannot resume from {source}: {exc}") from exc
+            if log:
+                log(f"resuming from {source}: "
+                    f"{sum(len(v[1]) for v in done.values())} sources already done")
+        result = InferResult(out=out, summary=Path(summary) if summary else None,
+                             n_skipped=0)
+        bar = tqdm(unit="src", desc="infer", disable=not progress, file=sys.stderr)
         try:
-            pf.PosteriorWriter(tmp, n_samples, resume=True, expect={
-                "model_hash": model.hash, "seed": int(seed)}).close()
-            _check_resume_settings(tmp, attrs, keep_raw)
-        except pf.PosteriorFileError as exc:
-            tmp.unlink()
-            raise InferError(f"cannot resume from {source}: {exc}") from exc
-        done = pf.completed_keys(tmp)
-        if log:
-            log(f"resuming from {source}: {len(done)} sources already done")
-    result = InferResult(out=out, summary=Path(summary) if summary else None,
-                         n_skipped=0)
-    bar = tqdm(unit="src", desc="infer", disable=not progress, file=sys.stderr)
-    try:
-        with pf.PosteriorWriter(tmp, n_samples, attrs=attrs, resume=source is not None,
-                                ess=prior_obj is not None, samples_raw=keep_raw) as w:
-            for path in paths:
-                key = os.path.abspath(path)
-                counts = {"sources": 0, "failed": 0, "ood": 0, "skipped": 0}
-                reasons: dict[str, int] = {}
-                try:
-                    for xb in iter_xp(path, chunk_size=batch):
-                        if done:
-                            todo = np.array([(key, int(s)) not in done for s in xb.source_id])
-                            counts["skipped"] += int((~todo).sum())
-                            if not todo.all():
-                                xb = xb.select(todo)
-                        if len(xb) == 0:
-                            continue
-                        if not said_ignored[0] and log and np.isfinite(
-                                np.asarray(xb.extra.get("parallax", [np.nan]), float)).any():
-                            log(f"{run_dir}: spectrum-only model (no luminosity channel): "
-                                f"the inputs' parallaxes are ignored")
-                            said_ignored[0] = True
-                        chunk = infer_batch(model, xb, n_samples, seed, plx_opts, prior_obj,
-                                            keep_raw)
-                        w.append(chunk)
-                        failed = (chunk.status & pf.FLAG_FAILED) > 0
-                        for m in np.asarray(chunk.message, dtype=object)[failed]:
-                            reasons[m] = reasons.get(m, 0) + 1
-                        counts["sources"] += len(chunk)
-                        counts["failed"] += int(failed.sum())
-                        counts["ood"] += int(((chunk.status & pf.FLAG_OOD) > 0).sum())
-                        result.n_no_parallax += int(
-                            ((chunk.status & pf.FLAG_NO_PARALLAX) > 0).sum())
-                        result.n_low_ess += int(((chunk.status & pf.FLAG_LOW_ESS) > 0).sum())
-                        bar.update(len(chunk))
-                except XPReadError as exc:
-                    raise InferError(str(exc)) from exc
-                result.per_file[str(path)] = counts
-                if counts["sources"] and counts["failed"] == counts["sources"]:
-                    result.unusable_files[str(path)] = "; ".join(
-                        f"{m} ({c})" for m, c in sorted(reasons.items(), key=lambda x: -x[1]))
-                result.n_sources += counts["sources"]
-                result.n_failed += counts["failed"]
-                result.n_ood += counts["ood"]
-                result.n_skipped += counts["skipped"]
-        os.replace(tmp, out)
-    except BaseException:
+            with pf.PosteriorWriter(tmp, n_samples, attrs=attrs, resume=source is not None,
+                                    ess=prior_obj is not None, samples_raw=keep_raw) as w:
+                for path in paths:
+                    key = os.path.abspath(path)
+                    kind, keys = done.get(key, ("row", None))
+                    parts = seen.setdefault(key, [])
+                    counts = {"sources": 0, "failed": 0, "ood": 0, "skipped": 0}
+                    reasons: dict[str, int] = {}
+                    row0 = 0
+                    try:
+                        for xb in iter_xp(path, chunk_size=batch):
+                            rows = np.arange(row0, row0 + len(xb), dtype=np.int64)
+                            row0 += len(xb)
+                            if keys is not None:
+                                skip = np.isin(xb.source_id if kind == "id" else rows, keys)
+                                counts["skipped"] += int(skip.sum())
+                                if skip.any():
+                                    xb, rows = xb.select(~skip), rows[~skip]
+                            if len(xb) == 0:
+                                continue
+                            if not said_ignored[0] and log and np.isfinite(
+                                    np.asarray(xb.extra.get("parallax", [np.nan]), float)).any():
+                                log(f"{run_dir}: spectrum-only model (no luminosity channel): "
+                                    f"the inputs' parallaxes are ignored")
+                                said_ignored[0] = True
+                            chunk = infer_batch(model, xb, n_samples, seed, plx_opts, prior_obj,
+                                                keep_raw)
+                            chunk.input_row = rows
+                            start = w.n
+                            w.append(chunk)
+                            parts.append((np.asarray(chunk.source_id, np.int64),
+                                          np.arange(start, w.n), rows))
+                            failed = (chunk.status & pf.FLAG_FAILED) > 0
+                            for m in np.asarray(chunk.message, dtype=object)[failed]:
+                                reasons[m] = reasons.get(m, 0) + 1
+                            counts["sources"] += len(chunk)
+                            counts["failed"] += int(failed.sum())
+                            counts["ood"] += int(((chunk.status & pf.FLAG_OOD) > 0).sum())
+                            result.n_no_parallax += int(
+                                ((chunk.status & pf.FLAG_NO_PARALLAX) > 0).sum())
+                            result.n_low_ess += int(((chunk.status & pf.FLAG_LOW_ESS) > 0).sum())
+                            bar.update(len(chunk))
+                    except XPReadError as exc:
+                        raise InferError(str(exc)) from exc
+                    n_dup, n_ids, example = _flag_duplicates(w, parts)
+                    if n_dup:
+                        counts["duplicates"] = n_dup
+                        result.n_duplicates += n_dup
+                        _warn(log, f"{path}: {n_ids} source_id(s) occur in more than one row "
+                                   f"({n_dup} rows, e.g. {example}); every such row is "
+                                   f"flagged duplicate_source_id")
+                    result.per_file[str(path)] = counts
+                    if counts["sources"] and counts["failed"] == counts["sources"]:
+                        result.unusable_files[str(path)] = "; ".join(
+                            f"{m} ({c})" for m, c in sorted(reasons.items(), key=lambda x: -x[1]))
+                    result.n_sources += counts["sources"]
+                    result.n_failed += counts["failed"]
+                    result.n_ood += counts["ood"]
+                    result.n_skipped += counts["skipped"]
+            os.replace(tmp, out)
+        except BaseException as exc:
+            bar.close()
+            _keep_partial(tmp, partial, leftovers, exc, log)
+            raise
         bar.close()
-        if tmp.exists():
-            os.replace(tmp, partial)
-        raise
-    bar.close()
-    if partial.exists():
-        partial.unlink()
-    if summary is not None:
-        pf.write_summary(pf.summary_table(pf.iter_posterior(out, samples=False)), summary)
+        for old in leftovers + [partial]:   # superseded partial results
+            old.unlink(missing_ok=True)
+        if summary is not None:
+            pf.write_summary(pf.summary_table(pf.iter_posterior(out, samples=False)), summary)
     if plots is not None:
         from cvae_pms.plots.corner_plots import plot_posterior_file
 
         result.plots = plot_posterior_file(out, plots, max_plots=max_plots, truth=truth)
     result.seconds = time.time() - t0
     return result
+
+
+class DuplicateSourceIdWarning(UserWarning):
+    """An input file lists a source_id in more than one row (rows flagged, none dropped)."""
+
+
+def _warn(log: Callable[[str], None] | None, text: str) -> None:
+    if log:
+        log(f"warning: {text}")
+    else:
+        import warnings
+        warnings.warn(text, DuplicateSourceIdWarning, stacklevel=3)
+
+
+def _keep_partial(tmp: Path, partial: Path, leftovers: list[Path], exc: BaseException,
+                  log: Callable[[str], None] | None) -> None:
+    """After an interruption or error: keep completed rows as ``OUT.partial`` (superseding
+    older partial results), or remove a temporary file without any."""
+    if not tmp.exists():
+        return
+    if _complete_rows(tmp) == 0:
+        tmp.unlink()
+        return
+    os.replace(tmp, partial)
+    for old in leftovers:
+        if old != partial:
+            old.unlink(missing_ok=True)
+    if log and not isinstance(exc, (KeyboardInterrupt, SystemExit)):
+        log(f"completed sources kept in {partial}: fix the problem and rerun with --resume")
 
 
 def _parallax_problem(plx: np.ndarray, err: np.ndarray, min_over_error: float) -> list[str]:

@@ -22,6 +22,7 @@ from sklearn.neighbors import NearestNeighbors
 
 from cvae_pms import params
 from cvae_pms.atomic import atomic_path
+from cvae_pms.errors import CvaePmsError
 
 OOD_FILE = "ood.npz"
 OOD_VERSION = 1
@@ -30,7 +31,7 @@ BOUND_FRACTION = 0.20
 PRIOR_PILED = 0.05
 
 
-class OODError(Exception):
+class OODError(CvaePmsError):
     """The OOD index cannot be built or read (names the run dir or file)."""
 
 
@@ -153,8 +154,11 @@ def load_ood_index(path: str | os.PathLike) -> OODIndex:
                             float(z["quantile"]), z["prior_edge_fraction"],
                             z["calibration_distance"],
                             dict(zip(z["meta_keys"].tolist(), z["meta_values"].tolist())))
-    except (OSError, KeyError, ValueError) as exc:
-        raise OODError(f"{path}: cannot read OOD index ({exc})") from exc
+    except OODError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - BadZipFile, zlib.error, EOFError, KeyError ...
+        raise OODError(f"{path}: cannot read OOD index, damaged? ({type(exc).__name__}: "
+                       f"{exc})") from exc
 
 
 def build_ood_index(run_dir: str | os.PathLike, n_ref: int = 4000, n_cal: int = 2000,
@@ -232,14 +236,41 @@ def build_ood_index(run_dir: str | os.PathLike, n_ref: int = 4000, n_cal: int = 
 
 
 def load_or_build_ood_index(run, model_hash: str, log=None) -> OODIndex:
-    """The cached ``RUN/ood.npz`` when it belongs to this model (same hash), else build it."""
+    """The cached ``RUN/ood.npz`` when it belongs to this model (same hash), else build it.
+
+    ``ood.npz`` is a cache: a damaged one is rebuilt like a missing one. Building needs the
+    training grid; without it a damaged index is refused with its name and how to rebuild it.
+    """
     path = Path(run.path) / OOD_FILE
+    damaged = None
     if path.is_file():
-        index = load_ood_index(path)
-        if index.meta.get("model_hash") == model_hash:
-            return index
-        if log:
-            log(f"{path}: made for another model version; rebuilding")
+        try:
+            index = load_ood_index(path)
+        except OODError as exc:
+            damaged = exc
+            if log:
+                log(f"{exc}; rebuilding it")
+        else:
+            if index.meta.get("model_hash") == model_hash:
+                return index
+            if log:
+                log(f"{path}: made for another model version; rebuilding")
     elif log:
         log(f"{path}: no OOD index yet; building it (once per model)")
-    return build_ood_index(run.path, run=run, model_hash=model_hash)
+    try:
+        index = build_ood_index(run.path, run=run, model_hash=model_hash, save=False)
+    except OODError as exc:
+        if damaged is None:
+            raise
+        raise OODError(f"{path}: damaged OOD index, and it cannot be rebuilt here ({exc}). "
+                       f"Restore {path.name} from a copy of the model dir, or delete it and "
+                       f"run 'cvae-pms infer' once where the training grid "
+                       f"{run.grid_info.get('path', '')} is available (it is rebuilt and "
+                       f"cached)") from exc
+    try:
+        save_ood_index(index, path)
+    except OSError as exc:
+        if log:
+            log(f"{path}: cannot cache the OOD index ({exc.strerror or exc}); it is rebuilt "
+                f"on every run")
+    return index

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cvae_pms.errors import CvaePmsError
+
 #: Version of the parameter table; bump when names, order or bounds change.
 PARAMS_VERSION = 1
 
@@ -87,7 +89,7 @@ def table_dict() -> dict:
     }
 
 
-class ParameterTableMismatch(ValueError):
+class ParameterTableMismatch(CvaePmsError, ValueError):
     """A grid or model was made with another parameter table."""
 
 

@@ -13,6 +13,8 @@ dataset            shape, dtype     content
 ``status``         (n,) uint16      bit flags, see :data:`STATUS_FLAGS`
 ``message``        (n,) utf-8       '' when all is well, else the reason(s)
 ``input_file``     (n,) utf-8       absolute path of the input file the source came from
+``input_row``      (n,) int64       row of the source in that file (0-based; -1 unknown):
+                                    with ``input_file`` the key of a resume
 ``ood_distance``   (n,) f4          mean distance to the k nearest training spectra in
                                     standardised feature space (NaN when failed)
 ``bound_params``   (n,) uint8       bit i set: parameter ``NAMES[i]`` piles at a bound
@@ -48,6 +50,7 @@ from astropy.table import Table
 
 from cvae_pms import params
 from cvae_pms.atomic import atomic_path
+from cvae_pms.errors import CvaePmsError
 
 FORMAT_VERSION = 1
 
@@ -63,6 +66,7 @@ FLAG_G_OUTSIDE_TRAINING = 16
 FLAG_LOW_ESS = 32
 FLAG_NO_PARALLAX = 64
 FLAG_SAMPLED_INPUT = 128
+FLAG_DUPLICATE_SOURCE_ID = 256
 
 #: bit -> (name, meaning); also stored as JSON in the file attribute ``status_flags``.
 STATUS_FLAGS: dict[int, tuple[str, str]] = {
@@ -85,12 +89,16 @@ STATUS_FLAGS: dict[int, tuple[str, str]] = {
     FLAG_SAMPLED_INPUT: ("sampled_input", "input was a sampled spectrum (flux + per-pixel "
                                           "error, e.g. xp_sampled_mean_spectrum or "
                                           "gaiaxpy.calibrate output), not XP coefficients"),
+    FLAG_DUPLICATE_SOURCE_ID: ("duplicate_source_id", "the source_id occurs in more than one "
+                                                      "row of the same input file (every such "
+                                                      "row is flagged; 'input_row' tells them "
+                                                      "apart)"),
 }
 
 _STR = h5py.string_dtype("utf-8")
 
 
-class PosteriorFileError(Exception):
+class PosteriorFileError(CvaePmsError):
     """A posterior file is missing, malformed, or incompatible with the requested use."""
 
 
@@ -130,6 +138,7 @@ class PosteriorChunk:
     quantiles: np.ndarray | None = None
     ess: np.ndarray | None = None
     samples_raw: np.ndarray | None = None
+    input_row: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(np.asarray(self.source_id).shape[0])
@@ -160,7 +169,8 @@ class PosteriorWriter:
                 self._f.close()
                 raise
             n = int(self._f.attrs.get("n_complete", 0))
-            self.datasets = _ROW_DATASETS + tuple(k for k in _OPTIONAL if k in self._f)
+            self.datasets = _ROW_DATASETS + tuple(k for k in _OPTIONAL + _OPTIONAL_INT
+                                                  if k in self._f)
             for name in self.datasets:
                 self._f[name].resize(n, axis=0)
             self.n = n
@@ -176,7 +186,8 @@ class PosteriorWriter:
                                        maxshape=(None, s, params.N_PARAMS),
                                        chunks=(1, s, params.N_PARAMS), compression="gzip",
                                        compression_opts=level, shuffle=True)
-            self.datasets = _ROW_DATASETS + tuple(k for k in _OPTIONAL if k in self._f)
+            self.datasets = _ROW_DATASETS + tuple(k for k in _OPTIONAL + _OPTIONAL_INT
+                                                  if k in self._f)
             self.n = 0
         for key, value in (attrs or {}).items():
             self._f.attrs[key] = _attr_value(value)
@@ -203,6 +214,7 @@ class PosteriorWriter:
         f.create_dataset("status", (0,), np.uint16, maxshape=(None,), chunks=(4096,))
         f.create_dataset("message", (0,), _STR, maxshape=(None,), chunks=(1024,))
         f.create_dataset("input_file", (0,), _STR, maxshape=(None,), chunks=(1024,))
+        f.create_dataset("input_row", (0,), np.int64, maxshape=(None,), chunks=(4096,))
         f.create_dataset("ood_distance", (0,), np.float32, maxshape=(None,), chunks=(4096,))
         f.create_dataset("bound_params", (0,), np.uint8, maxshape=(None,), chunks=(4096,))
 
@@ -234,6 +246,10 @@ class PosteriorWriter:
                     raise PosteriorFileError(f"{self.path}: the file has a '{name}' dataset, "
                                              f"the chunk to append carries none")
                 values[name] = np.asarray(v, dtype=np.float32)
+        if "input_row" in self.datasets:
+            rows = chunk.input_row
+            values["input_row"] = (np.full(m, -1, np.int64) if rows is None
+                                   else np.asarray(rows, dtype=np.int64))
         n0, n1 = self.n, self.n + m
         for name in self.datasets:
             ds = self._f[name]
@@ -241,6 +257,17 @@ class PosteriorWriter:
             ds[n0:n1] = values[name]
         self.n = n1
         self._f.attrs["n_complete"] = n1
+        self._f.flush()
+
+    def set_flag(self, rows: np.ndarray, bit: int) -> None:
+        """Set status ``bit`` on the (already written) rows ``rows`` and flush."""
+        rows = np.unique(np.asarray(rows, dtype=np.int64))
+        if rows.size == 0:
+            return
+        ds = self._f["status"]
+        for i in range(0, rows.size, 65536):
+            block = rows[i:i + 65536]
+            ds[block] = ds[block] | np.uint16(bit)
         self._f.flush()
 
     def close(self) -> None:
@@ -259,6 +286,8 @@ _ROW_DATASETS = ("source_id", "samples", "quantiles", "status", "message", "inpu
                  "ood_distance", "bound_params")
 #: Row datasets only some files have (``infer --prior``, ``--keep-raw``).
 _OPTIONAL = ("ess", "samples_raw")
+#: Integer row datasets that files of older versions lack (written -1 when a chunk has none).
+_OPTIONAL_INT = ("input_row",)
 
 
 def _attr_value(value):
@@ -305,6 +334,7 @@ class Posterior:
     attrs: dict = field(default_factory=dict)
     ess: np.ndarray | None = None
     samples_raw: np.ndarray | None = None
+    input_row: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.source_id.shape[0])
@@ -346,6 +376,7 @@ def _rows(f: h5py.File, sl: slice, with_samples: bool) -> Posterior:
         attrs=_attrs(f),
         ess=f["ess"][sl] if "ess" in f else None,
         samples_raw=f["samples_raw"][sl] if with_samples and "samples_raw" in f else None,
+        input_row=f["input_row"][sl] if "input_row" in f else None,
     )
 
 
@@ -364,6 +395,17 @@ def iter_posterior(path: str | os.PathLike, chunk_size: int = 4096,
             yield _rows(f, slice(i, min(i + chunk_size, n)), samples)
 
 
+def completed_rows(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(input_file (n,) str, source_id (n,) int64, input_row (n,) int64 or None for files
+    without it) of every completed row, in file order: what a resume skips."""
+    with _open(path) as f:
+        n = int(f.attrs["n_complete"])
+        files = f["input_file"].asstr()[:n].astype(str)
+        ids = f["source_id"][:n]
+        rows = f["input_row"][:n] if "input_row" in f else None
+    return files, ids, rows
+
+
 def completed_keys(path: str | os.PathLike) -> set[tuple[str, int]]:
     """(input_file, source_id) of every completed row: the work a resume may skip."""
     with _open(path) as f:
@@ -379,7 +421,8 @@ def summary_table(posteriors: Iterator[Posterior] | Posterior) -> Table:
     Columns: ``source_id``; per parameter ``<name>_median``, ``_p16``, ``_p84``, ``_p2.5``,
     ``_p97.5`` (physical units) and ``<name>_width68`` (p84 - p16); ``status`` (bit flags),
     ``flags`` (their names), ``at_bound`` (parameter names), ``ood_distance``, ``ess``
-    (only when the file has it), ``message``, ``input_file``. Column units and descriptions
+    (only when the file has it), ``message``, ``input_file``, ``input_row`` (when the file
+    has it). Column units and descriptions
     come from :mod:`cvae_pms.params`.
     """
     parts = [posteriors] if isinstance(posteriors, Posterior) else list(posteriors)
@@ -420,6 +463,9 @@ def summary_table(posteriors: Iterator[Posterior] | Posterior) -> Table:
         t["ess"].description = "effective sample size of the user-prior importance weights"
     t["message"] = msg
     t["input_file"] = inp
+    if parts and all(p.input_row is not None for p in parts):
+        t["input_row"] = np.concatenate([p.input_row for p in parts]).astype(np.int64)
+        t["input_row"].description = "row of the source in input_file (0-based)"
     if parts:
         t.meta.update({k: _meta_value(v) for k, v in parts[0].attrs.items()
                        if k in ("run_dir", "model_hash", "seed", "n_samples", "ood_threshold",

@@ -75,6 +75,7 @@ from typing import Any, Callable
 import numpy as np
 
 from cvae_pms import params
+from cvae_pms.errors import CvaePmsError
 
 #: Default ESS threshold (absolute number of effective samples) below which a source is flagged.
 DEFAULT_ESS_MIN = 50.0
@@ -93,7 +94,7 @@ _LN_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 _LN10 = math.log(10.0)
 
 
-class PriorError(ValueError):
+class PriorError(CvaePmsError, ValueError):
     """A prior file or prior dict is malformed (the message names the file and the factor/key)."""
 
 

@@ -69,11 +69,12 @@ def part_path(out: str | os.PathLike, input_file: str | os.PathLike) -> Path:
 
 
 def _task(run_dir: str, input_file: str, part: str, n_samples: int, seed: int, batch: int,
-          resume: bool, command_line: list[str]) -> tuple[Table, dict]:
+          resume: bool, command_line: list[str], overwrite: bool = False) -> tuple[Table, dict]:
     """One Dask task: infer one input file with the worker's cached model."""
     model = cached_model(run_dir)
     res = infer(run_dir, [input_file], part, n_samples=n_samples, seed=seed, batch=batch,
-                resume=resume, progress=False, command_line=command_line, model=model)
+                resume=resume, progress=False, command_line=command_line, model=model,
+                overwrite=overwrite)
     table = pf.summary_table(pf.iter_posterior(part, samples=False))
     return table, {"part": part, "n_sources": res.n_sources, "n_failed": res.n_failed,
                    "n_ood": res.n_ood, "unusable_files": res.unusable_files,
@@ -83,22 +84,28 @@ def _task(run_dir: str, input_file: str, part: str, n_samples: int, seed: int, b
 def infer_dask(client, run_dir: str | os.PathLike, inputs: Sequence[str | os.PathLike],
                out: str | os.PathLike, *, summary: str | os.PathLike | None = None,
                n_samples: int = 1000, seed: int = 0, batch: int = 256, resume: bool = False,
-               command_line: Sequence[str] | None = None) -> tuple[Table, list[dict]]:
+               command_line: Sequence[str] | None = None,
+               overwrite: bool = False) -> tuple[Table, list[dict]]:
     """Run one inference task per input file on ``client``; merge and write the summary.
 
     Returns (merged summary table, per-task info dicts with the part file path and counts).
-    Raises :class:`InferError` for bad paths (before any work) or when a task fails.
+    Raises :class:`InferError` for bad paths or existing outputs (without ``overwrite`` or
+    ``resume``; before any work) or when a task fails.
     """
-    paths = check_paths(inputs, out, summary)
+    paths = check_paths(inputs, out, summary, overwrite=overwrite or resume, out_is_stem=True)
     parts = [part_path(out, p) for p in paths]
     dupes = {str(p) for p in parts if parts.count(p) > 1}
     if dupes:
         raise InferError(f"inputs with the same file stem would share a posterior file: "
                          f"{', '.join(sorted(dupes))}; rename them")
+    existing = [str(p) for p in parts if p.exists()]
+    if existing and not (overwrite or resume):
+        raise InferError(f"{existing[0]}: output exists; use --overwrite to replace it "
+                         f"(or --resume to continue it)")
     run_dir = str(Path(run_dir).resolve())
     futures = [client.submit(_task, run_dir, str(Path(p).resolve()), str(part.resolve()),
                              n_samples, seed, batch, resume, list(command_line or []),
-                             key=f"cvae-pms-infer-{part.name}", pure=False)
+                             overwrite, key=f"cvae-pms-infer-{part.name}", pure=False)
                for p, part in zip(paths, parts)]
     try:
         results = client.gather(futures)

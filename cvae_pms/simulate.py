@@ -34,6 +34,7 @@ from cvae_pms import params as P
 from cvae_pms.atomic import atomic_path, write_text_atomic
 from cvae_pms.xp.noise import NoiseModel, draw_model_error, draw_observation
 from cvae_pms.xp.photometry import scale_to_g
+from cvae_pms.errors import CvaePmsError
 
 ROW_CHOICES = ("test", "all")
 FORWARD_DISTANCE_PC = 10.0
@@ -45,7 +46,7 @@ FORWARD_DISTANCE_PC = 10.0
 MODEL_ERROR_RIDGE_ALPHA = 1e-3
 
 
-class SimulateError(ValueError):
+class SimulateError(CvaePmsError, ValueError):
     """Bad simulation input (file, row, column or option named)."""
 
 

@@ -23,6 +23,7 @@ from typing import Callable
 import numpy as np
 
 from cvae_pms import params as P
+from cvae_pms.errors import CvaePmsError
 
 #: Every default of a training config (``training/*.toml`` override these).
 DEFAULT_CONFIG: dict = {
@@ -57,7 +58,7 @@ HISTORY_COLUMNS = ("epoch", "beta", "H", "KL", "L", "val_H", "val_KL", "lr", "ti
 RECIPE_DIR = Path(__file__).resolve().parents[1] / "training"
 
 
-class TrainingError(Exception):
+class TrainingError(CvaePmsError):
     """Training cannot start or continue (bad config, bad grid, non-finite loss ...)."""
 
 
@@ -424,10 +425,119 @@ def _check_resume_config(stored: dict, new: dict, run: Path) -> None:
                             + ", ".join(f"{k} stored {a.get(k)!r} vs {b[k]!r}" for k in diff))
 
 
+#: Files and folders a training run writes into its model dir (a dir holding only these,
+#: and no checkpoint, is a run that stopped before its first epoch ended).
+RUN_PRODUCTS = ("network.json", "config.json", "config.toml", "params.json", "features.json",
+                "features.npz", "grid.json", "noise.json", "split.npz", "model.weights.h5",
+                "history.csv", "loss.png", "ood.npz", "checkpoints", "tensorboard")
+
+
+def checkpoint_prefixes(ckpt_dir: Path) -> list[str]:
+    """Checkpoint prefixes ``ckpt_dir/ckpt-N`` found on disk, newest (largest N) first."""
+    found = []
+    for idx in Path(ckpt_dir).glob("ckpt-*.index"):
+        try:
+            found.append((int(idx.name[len("ckpt-"):-len(".index")]), str(idx)[:-len(".index")]))
+        except ValueError:
+            continue
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def checkpoint_intact(prefix: str) -> str | None:
+    """None when every tensor of the checkpoint ``prefix`` reads back, else why not."""
+    import tensorflow as tf
+    try:
+        reader = tf.train.load_checkpoint(prefix)
+        for name in reader.get_variable_to_shape_map():
+            reader.get_tensor(name)
+    except Exception as exc:  # noqa: BLE001 - DataLossError, IndexError, OutOfRange ...
+        return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+    return None
+
+
+def _newest_intact_checkpoint(run: Path, log: Callable[[str], None]) -> str | None:
+    """The newest readable checkpoint of ``run``; damaged newer ones are removed (said in the
+    log) and the checkpoint state file rewritten to list the intact ones."""
+    import tensorflow as tf
+    ckpt_dir = run / "checkpoints"
+    prefixes = checkpoint_prefixes(ckpt_dir)
+    for k, prefix in enumerate(prefixes):
+        why = checkpoint_intact(prefix)
+        if why is None:
+            if k:
+                keep = sorted(prefixes[k:], key=lambda p: int(p.rsplit("-", 1)[1]))
+                times = [Path(p + ".index").stat().st_mtime for p in keep]
+                tf.compat.v1.train.update_checkpoint_state(
+                    str(ckpt_dir), Path(prefix).name,
+                    all_model_checkpoint_paths=[Path(p).name for p in keep],
+                    all_model_checkpoint_timestamps=times,
+                    last_preserved_timestamp=min(times) - 1.0)
+            return prefix
+        log(f"{prefix}: damaged checkpoint ({why}); "
+            + ("falling back to the previous one" if k + 1 < len(prefixes) else
+               "no older checkpoint"))
+        for f in ckpt_dir.glob(Path(prefix).name + ".*"):
+            f.unlink()
+    return None
+
+
+def _restart_from_scratch(run: Path, cfg: dict, toml_text: str,
+                          log: Callable[[str], None]) -> tuple[dict, str]:
+    """``--resume`` of a run without an (intact) checkpoint: clear its training products and
+    return the config to start again with (the saved one, else the given one)."""
+    stray = [p.name for p in run.iterdir() if p.name not in RUN_PRODUCTS
+             and ".tmp-" not in p.name and not p.name.startswith("tmp-")]
+    if not (run / "config.json").is_file() and stray:
+        raise TrainingError(f"{run}: nothing to resume (no config.json, no checkpoint, and "
+                            f"files a training run does not write: {', '.join(sorted(stray)[:5])})"
+                            f"; start without --resume in another --out")
+    try:
+        stored = json.loads((run / "config.json").read_text())
+    except (OSError, ValueError):
+        stored = None
+    try:
+        stored_toml = (run / "config.toml").read_text()
+    except OSError:
+        stored_toml = toml_text
+    if stored is not None:
+        _fill_stored_defaults(stored)
+        _check_resume_config(stored, cfg, run)
+        for key in RESUMABLE_KEYS:
+            section, name = key.split(".")
+            stored[section][name] = _flatten(cfg)[key]
+        cfg, toml_text = stored, stored_toml
+        log(f"{run}: no checkpoint yet (stopped before the end of its first epoch): starting "
+            f"from scratch with its saved config")
+    else:
+        log(f"{run}: no checkpoint and no saved config yet: starting from scratch with the "
+            f"given config")
+    for p in run.iterdir():
+        if p.name in ("checkpoints", "tensorboard"):
+            import shutil
+            shutil.rmtree(p)
+        elif p.name in ("model.weights.h5", "history.csv", "loss.png", "ood.npz") \
+                or ".tmp-" in p.name or p.name.startswith("tmp-"):
+            p.unlink()
+    return cfg, toml_text
+
+
+def _fill_stored_defaults(stored: dict) -> None:
+    """Defaults of keys that older run dirs' config.json lack."""
+    stored.setdefault("luminosity", dict(DEFAULT_CONFIG["luminosity"]))
+    stored.setdefault("model", {}).setdefault("whiten", 0)
+    stored["model"].setdefault("whiten_floor", DEFAULT_CONFIG["model"]["whiten_floor"])
+
+
 def train(grid_path: str | Path, config: str | Path, out: str | Path, *, resume: bool = False,
           overrides: tuple[str, ...] | list[str] = (), mixed_precision: bool = False,
           noise_model=None, log: Callable[[str], None] = print) -> TrainResult:
     """Train a CVAE on a grid file and write the model dir ``out`` (see :mod:`.model.rundir`).
+
+    ``out`` must be creatable (or an existing writable folder) before anything else is done,
+    and is locked (``<out>.lock``, :class:`cvae_pms.outputs.OutputLock`) while training.
+    ``resume`` continues from the newest intact checkpoint (a damaged newer one is removed,
+    said in the log); a run stopped before its first checkpoint starts again from scratch
+    with its saved config.
 
     Args:
         grid_path: grid file (HDF5, :mod:`cvae_pms.grid.gridfile`).
@@ -441,7 +551,20 @@ def train(grid_path: str | Path, config: str | Path, out: str | Path, *, resume:
 
     Raises:
         TrainingError: bad config/grid/out dir, or a non-finite loss (after a checkpoint).
+        OutputError: ``out`` not writable, or being written by another process.
     """
+    from cvae_pms.outputs import check_output_dir, output_locks
+
+    check_output_dir(out, what="model dir")
+    with output_locks([out], log=log):
+        return _train(grid_path, config, out, resume=resume, overrides=overrides,
+                      mixed_precision=mixed_precision, noise_model=noise_model, log=log)
+
+
+def _train(grid_path: str | Path, config: str | Path, out: str | Path, *, resume: bool,
+           overrides: tuple[str, ...] | list[str], mixed_precision: bool, noise_model,
+           log: Callable[[str], None]) -> TrainResult:
+    """:func:`train` with the output checked and locked."""
     import keras
     import tensorflow as tf
     from cvae_pms.features import FEATURE_VERSION, N_FEATURES, Featuriser, FeatureSpec
@@ -454,13 +577,20 @@ def train(grid_path: str | Path, config: str | Path, out: str | Path, *, resume:
     t_start = time.time()
     run = Path(out)
     cfg, toml_text = load_config(config, overrides)
+    latest, scratch = None, False
+    if resume:
+        if not run.is_dir():
+            raise TrainingError(f"{run}: nothing to resume (no such model dir); start without "
+                                f"--resume")
+        latest = _newest_intact_checkpoint(run, log)
+        if latest is None:
+            cfg, toml_text = _restart_from_scratch(run, cfg, toml_text, log)
+            resume, scratch = False, True
     if resume:
         if not (run / "config.json").is_file():
             raise TrainingError(f"{run}: nothing to resume (no config.json); start without --resume")
         stored = json.loads((run / "config.json").read_text())
-        stored.setdefault("luminosity", dict(DEFAULT_CONFIG["luminosity"]))  # older run dirs
-        stored.setdefault("model", {}).setdefault("whiten", 0)
-        stored["model"].setdefault("whiten_floor", DEFAULT_CONFIG["model"]["whiten_floor"])
+        _fill_stored_defaults(stored)  # older run dirs
         _check_resume_config(stored, cfg, run)
         stored_flat = _flatten(cfg)
         for key in RESUMABLE_KEYS:
@@ -468,9 +598,12 @@ def train(grid_path: str | Path, config: str | Path, out: str | Path, *, resume:
             stored[section][name] = stored_flat[key]
         cfg = stored
         toml_text = (run / "config.toml").read_text()
-    elif run.exists() and any(run.iterdir()):
-        raise TrainingError(f"{run}: output dir exists and is not empty; use --resume to "
-                            f"continue it or choose another --out")
+    elif not scratch and run.exists() and any(run.iterdir()):
+        hint = ("it stopped before its first checkpoint: --resume starts it again with its "
+                "saved config" if not checkpoint_prefixes(run / "checkpoints")
+                and (run / "config.json").is_file() else "use --resume to continue it")
+        raise TrainingError(f"{run}: output dir exists and is not empty ({hint}); or choose "
+                            f"another --out")
     tcfg, ncfg = cfg["training"], cfg["noise"]
     seed = int(tcfg["seed"])
     ann_cfg = dict(cfg["annealing"])
@@ -499,12 +632,13 @@ def train(grid_path: str | Path, config: str | Path, out: str | Path, *, resume:
             d_ref = grid.reference_distance_pc
     except GridError as exc:
         raise TrainingError(str(exc)) from exc
-    if resume:
-        if json.loads((run / "grid.json").read_text())["content_hash"] != grid_info["content_hash"]:
+    if resume or (scratch and (run / "grid.json").is_file()):
+        stored_grid = rundir._read_json(run / "grid.json", run)
+        if stored_grid.get("content_hash") != grid_info["content_hash"]:
             raise TrainingError(f"{run}: --resume with another grid than {grid_info['path']} "
                                 f"(content hash differs)")
-        with np.load(run / "split.npz") as f:
-            split = {k: f[k] for k in f.files}
+    if resume:
+        split = rundir.read_npz(run / "split.npz", run)
     else:
         split = split_indices(len(rows), seed, tcfg["val_fraction"], tcfg["test_fraction"])
     lcfg = cfg["luminosity"]
@@ -609,9 +743,7 @@ def train(grid_path: str | Path, config: str | Path, out: str | Path, *, resume:
                                          max_to_keep=tcfg["checkpoints_kept"])
     history: list[dict] = []
     if resume:
-        if manager.latest_checkpoint is None:
-            raise TrainingError(f"{run}: no checkpoint to resume from in {run / 'checkpoints'}")
-        ckpt.read(manager.latest_checkpoint).expect_partial()
+        ckpt.read(latest).expect_partial()
         history = [r for r in read_history(run / "history.csv")
                    if r["epoch"] < int(epoch_var.numpy())]
         log(f"resuming {run} at epoch {int(epoch_var.numpy())}")

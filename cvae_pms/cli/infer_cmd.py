@@ -27,7 +27,11 @@ def _sigterm_to_exit(signum, frame) -> None:
 @click.option("--max-plots", default=20, show_default=True, help="At most this many plots.")
 @click.option("--truth", type=click.Path(path_type=Path), default=None,
               help="Truth table (source_id + parameter columns) for truth lines in plots.")
-@click.option("--resume", is_flag=True, help="Continue from OUT.partial (or an existing OUT).")
+@click.option("--resume", is_flag=True,
+              help="Continue the newest partial results of OUT made with the same settings "
+                   "(OUT.partial, OUT.tmp-PID of a killed run, or OUT itself to add inputs).")
+@click.option("--overwrite", is_flag=True,
+              help="Replace an existing OUT / summary (and discard partial results).")
 @click.option("--dask", "dask_spec", default=None,
               help="local:N (LocalCluster, N workers) or a scheduler address tcp://host:port.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
@@ -48,21 +52,18 @@ def infer(run: Path, inputs: tuple[Path, ...], out: Path, samples: int, summary:
           batch: int, seed: int, plots: Path | None, max_plots: int, truth: Path | None,
           resume: bool, dask_spec: str | None, quiet: bool, astrometry: Path | None,
           parallax_zero_point: float | None, min_parallax_over_error: float,
-          prior: Path | None, keep_raw: bool) -> None:
+          prior: Path | None, keep_raw: bool, overwrite: bool) -> None:
     """Draw posterior samples for every source in the XP files INPUTS with the model RUN.
 
     Writes OUT (samples, status flags, messages per source) and optionally a summary
-    table and corner plots. Exit 1 when the model or an input cannot be used, or when an
+    table and corner plots. Exit 1 when the model or an input cannot be used, an output exists
+    (without --overwrite or --resume) or is being written by another process, or when an
     input has no usable source (its failures are still recorded in OUT).
     """
-    from cvae_pms.infer import InferError, check_paths
+    from cvae_pms.infer import check_paths
     from cvae_pms.infer import infer as run_infer
-    from cvae_pms.ood import OODError
-    from cvae_pms.plots.corner_plots import TruthTableError
-    from cvae_pms.posterior_file import PosteriorFileError
 
     command_line = ["cvae-pms", "infer", *sys.argv[2:]] if len(sys.argv) > 1 else ["cvae-pms"]
-    errors = (InferError, OODError, PosteriorFileError, TruthTableError)
     if dask_spec is not None:
         used = [name for name, v in (("--astrometry", astrometry), ("--prior", prior),
                                      ("--parallax-zero-point", parallax_zero_point))
@@ -74,16 +75,15 @@ def infer(run: Path, inputs: tuple[Path, ...], out: Path, samples: int, summary:
         from cvae_pms.plots.corner_plots import plot_posterior_file
         from cvae_pms.scaleout import dask_client, infer_dask
 
-        try:
-            check_paths(inputs, out, summary)
-            with dask_client(dask_spec) as client:
-                table, infos = infer_dask(client, run, inputs, out, summary=summary,
-                                          n_samples=samples, seed=seed, batch=batch,
-                                          resume=resume, command_line=command_line)
-            if plots is not None and infos:
-                plot_posterior_file(infos[0]["part"], plots, max_plots=max_plots, truth=truth)
-        except errors as exc:
-            raise click.ClickException(str(exc)) from exc
+        check_paths(inputs, out, summary, overwrite=overwrite or resume, plots=plots,
+                    truth=truth, out_is_stem=True)
+        with dask_client(dask_spec) as client:
+            table, infos = infer_dask(client, run, inputs, out, summary=summary,
+                                      n_samples=samples, seed=seed, batch=batch,
+                                      resume=resume, command_line=command_line,
+                                      overwrite=overwrite)
+        if plots is not None and infos:
+            plot_posterior_file(infos[0]["part"], plots, max_plots=max_plots, truth=truth)
         for info in infos:
             click.echo(f"{info['part']}: {info['n_sources']} sources, {info['n_failed']} failed, "
                        f"{info['n_ood']} OOD")
@@ -99,18 +99,21 @@ def infer(run: Path, inputs: tuple[Path, ...], out: Path, samples: int, summary:
                             log=lambda s: click.echo(s, err=True), astrometry=astrometry,
                             parallax_zero_point=parallax_zero_point,
                             min_parallax_over_error=min_parallax_over_error, prior=prior,
-                            keep_raw=keep_raw)
-        except errors as exc:
-            raise click.ClickException(str(exc)) from exc
+                            keep_raw=keep_raw, overwrite=overwrite)
         except KeyboardInterrupt:
+            partial = out.with_name(out.name + ".partial")
             raise click.ClickException(
-                f"interrupted; completed sources kept in {out}.partial: rerun with --resume")
+                f"interrupted; completed sources kept in {partial}: rerun with --resume"
+                if partial.is_file() else "interrupted before any source was completed")
         finally:
             signal.signal(signal.SIGTERM, previous)
         rate = res.n_sources / res.seconds if res.seconds > 0 else float("nan")
         if res.n_no_parallax:
             click.echo(f"{res.n_no_parallax} sources without a usable parallax: spectrum-only "
                        f"(flag no_parallax)")
+        if res.n_duplicates:
+            click.echo(f"{res.n_duplicates} rows share their source_id with another row of the "
+                       f"same input (flag duplicate_source_id)")
         if res.n_low_ess:
             click.echo(f"{res.n_low_ess} sources with a low effective sample size under the "
                        f"prior (flag low_ess)")

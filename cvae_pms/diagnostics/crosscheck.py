@@ -33,6 +33,7 @@ from astropy.table import MaskedColumn, Table
 from cvae_pms import params
 
 from . import metrics
+from cvae_pms.errors import CvaePmsError
 
 #: A0 / A_V for the G23 extinction law at R_V = 3.1 (A at 541.4 nm over A at 551 nm).
 AV_TO_A0 = 1.02
@@ -49,7 +50,7 @@ _ERROR_PATTERNS = ("e_{c}", "{c}_err", "{c}_error", "e{c}", "sigma_{c}", "{c}_si
                    "err_{c}", "{c}_unc")
 
 
-class CrosscheckError(Exception):
+class CrosscheckError(CvaePmsError):
     """A table cannot be read or joined (message names the file and column/row)."""
 
 

@@ -35,6 +35,7 @@ from typing import Callable
 import emcee
 import numpy as np
 from scipy import linalg, special
+from cvae_pms.errors import CvaePmsError
 
 #: Default number of walkers.
 N_WALKERS = 32
@@ -237,7 +238,7 @@ def _cholesky(cov: np.ndarray) -> np.ndarray:
         raise
 
 
-class ReferenceModelError(Exception):
+class ReferenceModelError(CvaePmsError):
     """The built-in forward model cannot reproduce a grid (so no exact likelihood for it)."""
 
 

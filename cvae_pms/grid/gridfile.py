@@ -40,6 +40,7 @@ import numpy as np
 
 from cvae_pms import params as P
 from cvae_pms.atomic import temporary_sibling
+from cvae_pms.errors import CvaePmsError
 
 FORMAT_VERSION = 1
 N_COEFF = 55
@@ -58,7 +59,7 @@ _CHUNK_ROWS = 4096
 _MAX_REPORTED_ROWS = 5
 
 
-class GridError(Exception):
+class GridError(CvaePmsError):
     """A grid file is missing, unreadable or inconsistent (the message names the file/rows)."""
 
 

@@ -18,6 +18,7 @@ from cvae_pms import params as P
 from cvae_pms.atomic import atomic_path
 from cvae_pms.grid.gridfile import GridError, open_grid
 from cvae_pms.xp.sampling import SAMPLING_NM, sampled_flux
+from cvae_pms.errors import CvaePmsError
 
 #: Reference point for the sweeps (physical units, params.NAMES order).
 REFERENCE = {"teff": 4000.0, "logg": 4.0, "mh": 0.0, "log_mdot": -8.0, "ff": 0.05, "mass": 0.6, "a0": 1.0}
@@ -26,7 +27,7 @@ PASCHEN_NM = 820.4
 SYNTH_SOURCE = "cvae-pms grid synth"
 
 
-class PlotError(ValueError):
+class PlotError(CvaePmsError, ValueError):
     """Bad plot request (unknown parameter, unusable grid or output path)."""
 
 

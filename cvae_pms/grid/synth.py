@@ -32,6 +32,7 @@ from cvae_pms.physics.sed import forward_model_meta, simulate_sed
 from cvae_pms.xp.instrument import SETTINGS as OPERATOR_SETTINGS
 from cvae_pms.xp.instrument import sed_to_coefficients
 from cvae_pms.xp.noise import NoiseModel
+from cvae_pms.errors import CvaePmsError
 
 DESIGNS = ("sobol", "random")
 EXTINCTION_LAWS = ("G23", "F19")
@@ -40,7 +41,7 @@ DEFAULT_CHUNK = 5000
 _PACKAGES = ("cvae-pms", "numpy", "scipy", "gaiaxpy", "dust_extinction", "h5py", "astropy")
 
 
-class SynthError(ValueError):
+class SynthError(CvaePmsError, ValueError):
     """Bad option for grid synthesis (names the option and the value)."""
 
 

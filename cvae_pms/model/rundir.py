@@ -25,11 +25,12 @@ import numpy as np
 from cvae_pms import params as P
 from cvae_pms.atomic import atomic_path
 from cvae_pms.features import FEATURE_VERSION, FeatureError, Featuriser, FeatureSpec
+from cvae_pms.errors import CvaePmsError
 
 WEIGHTS = "model.weights.h5"
 
 
-class RunDirError(Exception):
+class RunDirError(CvaePmsError):
     """A model directory is missing, incomplete or incompatible (the message names it)."""
 
 
@@ -106,8 +107,7 @@ class Run:
 
     def split(self) -> dict[str, np.ndarray]:
         """Train/val/test row indices of the training grid."""
-        with np.load(self.path / "split.npz") as f:
-            return {k: f[k] for k in f.files}
+        return read_npz(self.path / "split.npz", self.path)
 
     def features(self, bp: np.ndarray, rp: np.ndarray, bp_cov: np.ndarray, rp_cov: np.ndarray
                  ) -> tuple[np.ndarray, np.ndarray]:
@@ -145,8 +145,43 @@ def _read_json(path: Path, run: Path) -> dict:
         return json.loads(path.read_text())
     except FileNotFoundError as exc:
         raise RunDirError(f"{run}: not a complete model dir: {path.name} is missing") from exc
-    except ValueError as exc:
-        raise RunDirError(f"{run}: {path.name} is not valid JSON: {exc}") from exc
+    except (ValueError, OSError) as exc:
+        raise RunDirError(f"{path}: damaged, not valid JSON ({exc})") from exc
+
+
+def read_npz(path: Path, run: Path | None = None) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` file of a model dir, read in full (so the zip CRCs are
+    checked); :class:`RunDirError` naming the file when it is missing or damaged."""
+    path = Path(path)
+    if not path.is_file():
+        raise RunDirError(f"{run or path.parent}: not a complete model dir: {path.name} is "
+                          f"missing")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return {k: np.asarray(f[k]) for k in f.files}
+    except Exception as exc:  # noqa: BLE001 - BadZipFile, zlib.error, EOFError, ValueError ...
+        raise RunDirError(f"{path}: damaged ({type(exc).__name__}: {exc}); restore it or "
+                          f"retrain the model") from exc
+
+
+def load_weights_checked(net, weights: Path, net_json: Path) -> None:
+    """Load ``weights`` into ``net``; :class:`RunDirError` naming the file when it is
+    damaged (cut short, not HDF5) or holds other shapes than ``net_json`` describes."""
+    import h5py
+    try:
+        with h5py.File(weights, "r"):
+            pass
+    except OSError as exc:
+        raise RunDirError(f"{weights}: damaged, not a readable weights file ({exc}); restore "
+                          f"it or retrain the model") from exc
+    try:
+        net.load_weights(str(weights))
+    except (ValueError, KeyError, TypeError, OSError) as exc:
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        first = next((ln for ln in lines if "expected" in ln.lower()),
+                     lines[0] if lines else type(exc).__name__)
+        raise RunDirError(f"{weights}: does not match {net_json.name} ({first}); the weights "
+                          f"and the network configuration come from different models") from exc
 
 
 def load_run(path: str | Path, matrices: tuple[np.ndarray, np.ndarray] | None = None) -> Run:
@@ -163,6 +198,7 @@ def load_run(path: str | Path, matrices: tuple[np.ndarray, np.ndarray] | None = 
         P.check_table(_read_json(run / "params.json", run), f"model dir {run}")
     except P.ParameterTableMismatch as exc:
         raise RunDirError(str(exc)) from exc
+    read_npz(run / "features.npz", run)      # integrity (a cut file is named, not a zip error)
     try:
         spec = FeatureSpec.load(run)
         featuriser = Featuriser(spec, matrices)
@@ -170,12 +206,22 @@ def load_run(path: str | Path, matrices: tuple[np.ndarray, np.ndarray] | None = 
         raise RunDirError(f"model dir {run}: {exc}") from exc
     if spec.version != FEATURE_VERSION:  # FeatureSpec.load already refuses; kept explicit
         raise RunDirError(f"model dir {run}: feature version {spec.version} != {FEATURE_VERSION}")
-    net_cfg = NetworkConfig.from_dict(_read_json(run / "network.json", run))
-    net = build_networks(net_cfg)
+    net_json = run / "network.json"
+    try:
+        net_cfg = NetworkConfig.from_dict(_read_json(net_json, run))
+        if net_cfg.y_dim != spec.y_dim:
+            raise ValueError(f"y_dim {net_cfg.y_dim}, the feature specification has "
+                             f"{spec.y_dim}")
+        net = build_networks(net_cfg)
+    except RunDirError:
+        raise
+    except (KeyError, TypeError, ValueError) as exc:
+        raise RunDirError(f"{net_json}: not a valid network configuration "
+                          f"({str(exc).strip(chr(34))})") from exc
     weights = run / WEIGHTS
     if not weights.is_file():
         raise RunDirError(f"{run}: no trained weights ({WEIGHTS}); training not finished?")
-    net.load_weights(str(weights))
+    load_weights_checked(net, weights, net_json)
     return Run(path=run, net=net, featuriser=featuriser,
                config=_read_json(run / "config.json", run),
                grid_info=_read_json(run / "grid.json", run),

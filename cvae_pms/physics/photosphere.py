@@ -21,6 +21,7 @@ from functools import lru_cache
 from importlib import resources
 
 import numpy as np
+from cvae_pms.errors import CvaePmsError
 
 TABLE_FILE = "phoenix_aces.npz"
 #: Empirical photosphere corrections shipped as package data: name -> file.
@@ -29,7 +30,7 @@ CORRECTIONS = {"apogee-dr17-v1": "photosphere_correction.npz"}
 DEFAULT_CORRECTION: str | None = "apogee-dr17-v1"
 
 
-class PhysicsError(ValueError):
+class PhysicsError(CvaePmsError, ValueError):
     """A forward-model input the physics cannot handle (the message names the star and value)."""
 
 

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 import matplotlib
+from cvae_pms.errors import CvaePmsError
 
 matplotlib.use("Agg")
 import corner  # noqa: E402
@@ -24,7 +25,7 @@ from cvae_pms.plots import plain_text  # noqa: E402
 from cvae_pms.posterior_file import FLAG_FAILED, flag_names, iter_posterior  # noqa: E402
 
 
-class TruthTableError(Exception):
+class TruthTableError(CvaePmsError):
     """A truth table is unreadable or lacks ``source_id`` or a parameter column."""
 
 

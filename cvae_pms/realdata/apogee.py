@@ -31,6 +31,7 @@ from typing import Iterator
 import numpy as np
 
 from cvae_pms import params as P
+from cvae_pms.errors import CvaePmsError
 
 #: crc32(apogee_id) % 4 of the reserved validation stars: never read.
 RESERVED_PART = 0
@@ -47,7 +48,7 @@ _LABELS = ("teff", "teff_err", "logg", "logg_err", "fe_h", "fe_h_err", "alpha_m"
            "gaiaedr3_phot_g_mean_mag", "gaiaedr3_phot_bp_mean_mag", "gaiaedr3_phot_rp_mean_mag")
 
 
-class LibraryError(Exception):
+class LibraryError(CvaePmsError):
     """The APOGEE library cannot be found, fetched or read."""
 
 

@@ -30,6 +30,7 @@ from cvae_pms.atomic import atomic_path
 
 from .covariance import (N_COEFFICIENTS, N_CORRELATIONS, band_covariance, errors_and_correlations,
                          is_positive_definite, lower_triangle_covariance)
+from cvae_pms.errors import CvaePmsError
 
 BANDS = ("bp", "rp")
 #: Optional per-source columns carried in ``XPBatch.extra`` (NaN where the file lacks them).
@@ -43,7 +44,7 @@ _FORMATS = {".csv": "csv", ".csv.gz": "csv", ".ecsv": "ecsv", ".ecsv.gz": "ecsv"
             ".avro": "avro"}
 
 
-class XPReadError(Exception):
+class XPReadError(CvaePmsError):
     """A whole XP file cannot be used (not a table, empty, no readable source, unknown format)."""
 
 

@@ -41,6 +41,7 @@ from gaiaxpy.core import nature, satellite
 from scipy.interpolate import CubicSpline
 
 from .sampling import SAMPLING_NM, calibration_matrices, merge_weights
+from cvae_pms.errors import CvaePmsError
 
 BANDS = ("bp", "rp")
 _RESPONSE_FILES = {"bp": "bpC03_v375wi_response.csv", "rp": "rpC03_v142r_response.csv"}
@@ -49,7 +50,7 @@ _DISPERSION_FILES = {"bp": "bpC03_v375wi_dispersion.csv", "rp": "rpC03_v142r_dis
 REQUIRED_RANGE_NM = (325.0, 1080.0)
 
 
-class InstrumentError(ValueError):
+class InstrumentError(CvaePmsError, ValueError):
     """Bad input to the XP instrument operator (wavelength grid or flux array)."""
 
 

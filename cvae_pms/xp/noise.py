@@ -40,6 +40,8 @@ from typing import Any
 
 import numpy as np
 
+from cvae_pms.errors import CvaePmsError
+
 from .instrument import BANDS, internal_bases, window_samples
 from .sampling import SAMPLING_NM
 
@@ -48,7 +50,7 @@ DEFAULT_FILE = "xp_noise_model.json"
 _CHUNK = 4096
 
 
-class NoiseModelError(ValueError):
+class NoiseModelError(CvaePmsError, ValueError):
     """Bad input to the XP noise model, or an unreadable noise-model file."""
 
 
