@@ -7,6 +7,8 @@ nearly all non-accreting, so only T_eff, log g and [M/H] have references. Per T_
 - APOGEE), robust scatter (1.4826 MAD of that difference) and the 68 % / 95 % coverage of the
 APOGEE value by the central posterior intervals (label errors ignored: APOGEE's own T_eff
 errors of ~50-100 K for M dwarfs make coverage look slightly worse than it is).
+The posterior predictive check (:mod:`cvae_pms.gof`) runs on every star: the fraction flagged
+``poor_fit`` and whether the flagged stars are those with the worst label residuals.
 Also: 18 Sco (the Gaia FGK benchmark solar twin in ``../shared``, coefficient input) and, on
 the calibration parts (% 4 in 2, 3), the A0 the model infers against the A0 fitted with the
 forward model at the APOGEE labels (:func:`cvae_pms.realdata.fit.fit_photosphere`).
@@ -36,20 +38,51 @@ LABELS = (("teff", "teff"), ("logg", "logg"), ("mh", "fe_h"))
 
 
 def sampled_samples(run, flux: np.ndarray, flux_error: np.ndarray, n_samples: int, seed: int,
-                    source_id: np.ndarray) -> np.ndarray:
+                    source_id: np.ndarray, gof: bool = False):
     """Posterior samples (n, S, 7) of sampled spectra (flux, error [W m^-2 nm^-1] (n, 343))
     through the one inference path (:func:`cvae_pms.infer.infer_batch` on a
-    :class:`~cvae_pms.xp.sampled.SampledBatch`), keyed on ``source_id`` as ``infer`` is."""
+    :class:`~cvae_pms.xp.sampled.SampledBatch`), keyed on ``source_id`` as ``infer`` is.
+    ``gof``: also run the model's posterior predictive check and return
+    ``(samples, gof_chi2_red, gof_p, status)``."""
     from cvae_pms.infer import infer_batch, load_model
     from cvae_pms.xp.sampled import SampledBatch
     model = load_model(run)
-    out = []
+    check = model.predictive_check()[0] if gof else None
+    out, chi, pv, st = [], [], [], []
     for lo in range(0, len(source_id), 2048):
         sl = slice(lo, lo + 2048)
         batch = SampledBatch(np.asarray(source_id[sl], np.int64), flux[sl], flux_error[sl],
                              np.array([""] * len(flux[sl]), dtype=object), {}, "apogee-library")
-        out.append(infer_batch(model, batch, n_samples, seed).samples)
-    return np.concatenate(out)
+        chunk = infer_batch(model, batch, n_samples, seed, gof=check)
+        out.append(chunk.samples)
+        if gof:
+            chi.append(chunk.gof_chi2_red), pv.append(chunk.gof_p), st.append(chunk.status)
+    if not gof:
+        return np.concatenate(out)
+    return np.concatenate(out), np.concatenate(chi), np.concatenate(pv), np.concatenate(st)
+
+
+def gof_report(samples: np.ndarray, chi2: np.ndarray, status: np.ndarray, labels: dict) -> dict:
+    """Fraction flagged ``poor_fit`` and whether the flagged stars are the ones with the worst
+    label residuals: per parameter the median |posterior median - APOGEE| of flagged and
+    unflagged stars, the flagged fraction among the 5 % worst residuals, and the Spearman
+    correlation of ``gof_chi2_red`` with |residual|."""
+    from scipy.stats import spearmanr
+    from cvae_pms.posterior_file import FLAG_POOR_FIT
+    ok = np.isfinite(chi2)
+    flagged = (status & FLAG_POOR_FIT) > 0
+    med = np.median(samples, axis=1)
+    out = {"n": int(ok.sum()), "flagged_fraction": float(flagged[ok].mean()),
+           "chi2_red_p16_50_84_99": np.percentile(chi2[ok], [16, 50, 84, 99]).round(3).tolist()}
+    for ours, theirs in LABELS:
+        r = np.abs(med[:, P.INDEX[ours]] - labels[theirs])
+        worst = ok & (r >= np.quantile(r[ok], 0.95))
+        out[ours] = {"median_abs_resid_flagged": float(np.median(r[ok & flagged]))
+                     if (ok & flagged).any() else float("nan"),
+                     "median_abs_resid_unflagged": float(np.median(r[ok & ~flagged])),
+                     "flagged_fraction_in_worst5pct": float(flagged[worst].mean()),
+                     "spearman_chi2_vs_abs_resid": float(spearmanr(chi2[ok], r[ok])[0])}
+    return out
 
 
 def metrics(med: np.ndarray, lo68, hi68, lo95, hi95, truth: np.ndarray) -> dict:
@@ -109,7 +142,8 @@ def main() -> None:
     lib = apogee.read_library(parts=(apogee.TEST_PART,), in_box_only=True, download=True)
     lib = lib.select(usable(lib))
     lab = lib.labels
-    samples = sampled_samples(run, lib.flux, lib.flux_error, args.samples, args.seed, lib.row)
+    samples, chi2, _, status = sampled_samples(run, lib.flux, lib.flux_error, args.samples,
+                                               args.seed, lib.row, gof=True)
     t_inf = time.time() - t0
     g = lab["gaiaedr3_phot_g_mean_mag"]
     masks = {"all": np.ones(len(lib), bool)}
@@ -134,6 +168,7 @@ def main() -> None:
               "model_error": cfg.get("noise", {}).get("model_error", "parametric"),
               "n_stars": int(ok.sum()), "n_failed": int((~ok).sum()), "samples": args.samples,
               "inference_s": round(t_inf, 1), "bins": table(samples, lab, masks),
+              "gof": gof_report(samples, chi2, status, lab),
               "18sco": sco(run, args.samples, args.seed)}
     if args.a0_stars:
         from cvae_pms.realdata.fit import fit_photosphere
@@ -164,6 +199,7 @@ def main() -> None:
                  f"{row[p]['coverage68']:.2f} / {row[p]['coverage95']:.2f}"
                  for p, d in (("teff", 0), ("logg", 2), ("mh", 2))]
         print(f"| {name} | {row['teff']['n']} | " + " | ".join(cells) + " |")
+    print("goodness of fit:", json.dumps(result["gof"]))
     print("18 Sco:", json.dumps(result["18sco"]))
     if "a0_inferred_minus_fit" in result:
         print("A0 inferred - fit:", json.dumps(result["a0_inferred_minus_fit"]))

@@ -110,6 +110,17 @@ class Model:
         cfg = self.run.config.get("luminosity", {}) if isinstance(self.run.config, dict) else {}
         return float(cfg.get("zero_point_mas", 0.0))
 
+    def predictive_check(self, n_draws: int | None = None, threshold: float | None = None):
+        """``(check, note)``: the posterior predictive check of this model
+        (:class:`cvae_pms.gof.PredictiveCheck`, cached per settings), or ``(None, why not)``
+        for models without a built-in forward model (ingested grids)."""
+        from cvae_pms.gof import N_DRAWS, PredictiveCheck
+        key = (N_DRAWS if n_draws is None else int(n_draws), threshold)
+        cache = self.__dict__.setdefault("_checks", {})
+        if key not in cache:
+            cache[key] = PredictiveCheck.for_run(self.run, key[0], threshold)
+        return cache[key]
+
     def sampler(self, n_samples: int, batch: int = KEYED_BATCH) -> "KeyedSampler":
         """The compiled per-source-keyed sampler for ``n_samples`` (cached)."""
         cache = self.__dict__.setdefault("_samplers", {})
@@ -245,13 +256,17 @@ class ParallaxOptions:
 
 def infer_batch(model: Model, batch, n_samples: int, seed: int,
                 parallax: ParallaxOptions | None = None, prior=None,
-                keep_raw: bool = False) -> pf.PosteriorChunk:
+                keep_raw: bool = False, gof=None, gof_note: str = "") -> pf.PosteriorChunk:
     """Posterior rows for one :class:`~cvae_pms.xp.archive.XPBatch` or
     :class:`~cvae_pms.xp.sampled.SampledBatch` (bad sources flagged).
 
     ``parallax``: :class:`ParallaxOptions` (default: input columns, model zero point, 5);
     ``prior``: a :class:`cvae_pms.priors.Prior` to reweight to (adds ``ess``);
-    ``keep_raw``: also return the raw samples (with ``prior``).
+    ``keep_raw``: also return the raw samples (with ``prior``);
+    ``gof``: a :class:`cvae_pms.gof.PredictiveCheck` run on the (final) samples: adds
+    ``gof_chi2_red``/``gof_p`` and flags ``poor_fit``; ``gof_note`` (with ``gof=None``): the
+    check was asked for but cannot run (NaN columns, the note appended to each usable row's
+    message).
 
     Sampled input (``batch.sampled``): features from the flux and its per-pixel error
     (:meth:`~cvae_pms.features.Featuriser.numpy_sampled`), G from the flux, every row flagged
@@ -322,6 +337,22 @@ def infer_batch(model: Model, batch, n_samples: int, seed: int,
         status[ok & rw.flag_low_ess] |= pf.FLAG_LOW_ESS
         for j in np.flatnonzero(ok & rw.zero_support):
             message[j] = "user prior is zero at every posterior sample (no resampled samples)"
+    gof_chi2 = gof_p = None
+    if gof is not None or gof_note:
+        gof_chi2, gof_p = np.full(n, np.nan, np.float32), np.full(n, np.nan, np.float32)
+    if gof is not None and ok.any():
+        idx = np.flatnonzero(ok)
+        if sampled:
+            res = gof.sampled(samples[idx], batch.flux[idx], batch.flux_error[idx])
+        else:
+            res = gof.coefficients(samples[idx], batch.bp_coefficients[idx],
+                                   batch.rp_coefficients[idx], batch.bp_covariance[idx],
+                                   batch.rp_covariance[idx])
+        gof_chi2[idx], gof_p[idx] = res.chi2_red, res.p_value
+        status[idx[gof.poor_fit(res)]] |= pf.FLAG_POOR_FIT
+    elif gof_note:
+        for j in np.flatnonzero(ok):
+            message[j] = "; ".join(x for x in (message[j], gof_note) if x)
     if "apogee_id" in batch.extra:
         for j, name in enumerate(batch.extra["apogee_id"]):
             message[j] = "; ".join(x for x in (message[j], f"apogee_id={name}") if x)
@@ -329,7 +360,8 @@ def infer_batch(model: Model, batch, n_samples: int, seed: int,
                              message=message.tolist(),
                              input_file=[os.path.abspath(batch.path)] * n,
                              ood_distance=ood, bound_params=bounds, ess=ess,
-                             samples_raw=raw if keep_raw else None)
+                             samples_raw=raw if keep_raw else None,
+                             gof_chi2_red=gof_chi2, gof_p=gof_p)
 
 
 @dataclass
@@ -344,6 +376,8 @@ class InferResult:
     n_skipped: int = 0
     n_no_parallax: int = 0
     n_low_ess: int = 0
+    n_poor_fit: int = 0
+    gof_note: str = ""
     n_duplicates: int = 0
     seconds: float = 0.0
     per_file: dict = field(default_factory=dict)
@@ -520,7 +554,9 @@ def infer(run_dir: str | os.PathLike, inputs: Sequence[str | os.PathLike],
           parallax_zero_point: float | None = None,
           min_parallax_over_error: float = 5.0,
           prior: str | os.PathLike | object | None = None,
-          keep_raw: bool = False, overwrite: bool = False) -> InferResult:
+          keep_raw: bool = False, overwrite: bool = False, gof: bool = True,
+          gof_draws: int | None = None,
+          poor_fit_threshold: float | None = None) -> InferResult:
     """Posterior samples for every source of ``inputs``, written to the posterior file ``out``.
 
     Args:
@@ -542,6 +578,10 @@ def infer(run_dir: str | os.PathLike, inputs: Sequence[str | os.PathLike],
             the raw samples (``samples_raw``).
         overwrite: replace an existing ``out``/``summary`` (and start again over partial
             results); without it (and without ``resume``) they are refused.
+        gof: run the posterior predictive check (:mod:`cvae_pms.gof`; ``gof_chi2_red``,
+            ``gof_p``, flag ``poor_fit``); gof_draws: posterior draws re-synthesised per
+            source (default :data:`cvae_pms.gof.N_DRAWS`); poor_fit_threshold: on
+            ``gof_chi2_red`` (default: the shipped calibrated threshold).
 
     Raises:
         InferError: bad or existing paths, unusable model dir, unreadable input/astrometry/prior
@@ -578,6 +618,8 @@ def infer(run_dir: str | os.PathLike, inputs: Sequence[str | os.PathLike],
         if not model.luminosity and log and (astrometry is not None
                                              or parallax_zero_point is not None):
             log(f"{run_dir}: spectrum-only model (no luminosity channel): parallaxes are ignored")
+        check, gof_note = model.predictive_check(gof_draws, poor_fit_threshold) if gof else (
+            None, "")
         zp = model.zero_point_mas if parallax_zero_point is None else float(parallax_zero_point)
         plx_opts = ParallaxOptions(table, zp, float(min_parallax_over_error))
         said_ignored = [not model.luminosity and (astrometry is not None
@@ -591,7 +633,10 @@ def infer(run_dir: str | os.PathLike, inputs: Sequence[str | os.PathLike],
                  "parallax_zero_point_mas": zp if model.luminosity else float("nan"),
                  "min_parallax_over_error": (float(min_parallax_over_error) if model.luminosity
                                              else float("nan")),
-                 "astrometry": str(Path(astrometry).resolve()) if astrometry is not None else ""}
+                 "astrometry": str(Path(astrometry).resolve()) if astrometry is not None else "",
+                 "gof_draws": int(check.n_draws) if check is not None else 0,
+                 "gof_threshold": float(check.threshold) if check is not None else float("nan"),
+                 "gof_note": gof_note}
         tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
         partial = out.with_name(out.name + ".partial")
         expect = {"model_hash": model.hash, "seed": int(seed)}
@@ -611,11 +656,12 @@ def infer(run_dir: str | os.PathLike, inputs: Sequence[str | os.PathLike],
                 log(f"resuming from {source}: "
                     f"{sum(len(v[1]) for v in done.values())} sources already done")
         result = InferResult(out=out, summary=Path(summary) if summary else None,
-                             n_skipped=0)
+                             n_skipped=0, gof_note=gof_note)
         bar = tqdm(unit="src", desc="infer", disable=not progress, file=sys.stderr)
         try:
             with pf.PosteriorWriter(tmp, n_samples, attrs=attrs, resume=source is not None,
-                                    ess=prior_obj is not None, samples_raw=keep_raw) as w:
+                                    ess=prior_obj is not None, samples_raw=keep_raw,
+                                    gof=gof) as w:
                 for path in paths:
                     key = os.path.abspath(path)
                     kind, keys = done.get(key, ("row", None))
@@ -640,7 +686,7 @@ def infer(run_dir: str | os.PathLike, inputs: Sequence[str | os.PathLike],
                                     f"the inputs' parallaxes are ignored")
                                 said_ignored[0] = True
                             chunk = infer_batch(model, xb, n_samples, seed, plx_opts, prior_obj,
-                                                keep_raw)
+                                                keep_raw, check, gof_note)
                             chunk.input_row = rows
                             start = w.n
                             w.append(chunk)
@@ -655,6 +701,8 @@ def infer(run_dir: str | os.PathLike, inputs: Sequence[str | os.PathLike],
                             result.n_no_parallax += int(
                                 ((chunk.status & pf.FLAG_NO_PARALLAX) > 0).sum())
                             result.n_low_ess += int(((chunk.status & pf.FLAG_LOW_ESS) > 0).sum())
+                            result.n_poor_fit += int(
+                                ((chunk.status & pf.FLAG_POOR_FIT) > 0).sum())
                             bar.update(len(chunk))
                     except XPReadError as exc:
                         raise InferError(str(exc)) from exc
@@ -745,8 +793,9 @@ def _check_resume_settings(path: Path, attrs: dict, keep_raw: bool) -> None:
     import h5py
     with h5py.File(path, "r") as f:
         for key in ("prior", "parallax_zero_point_mas", "min_parallax_over_error",
-                    "astrometry"):
-            have = f.attrs.get(key, "" if key in ("prior", "astrometry") else float("nan"))
+                    "astrometry", "gof_draws", "gof_threshold"):
+            have = f.attrs.get(key, "" if key in ("prior", "astrometry")
+                               else 0 if key == "gof_draws" else float("nan"))
             have = have.decode() if isinstance(have, bytes) else have
             want = attrs[key]
             same = (str(have) == str(want) if isinstance(want, str)

@@ -23,6 +23,10 @@ dataset            shape, dtype     content
                                     the importance weights (0 for failed sources)
 ``samples_raw``    (n, S, 7) f4     only with ``--prior --keep-raw``: the samples under the
                                     training prior (``samples`` then holds the resampled ones)
+``gof_chi2_red``   (n,) f4          only with the goodness-of-fit check (``infer --gof``, the
+                                    default): posterior predictive reduced chi^2
+                                    (:mod:`cvae_pms.gof`); NaN where not computed
+``gof_p``          (n,) f4          its posterior predictive p-value (NaN likewise)
 =================  ===============  =====================================================
 
 File attributes: ``format_version``, ``parameter_names``, ``parameter_units``,
@@ -30,7 +34,9 @@ File attributes: ``format_version``, ``parameter_names``, ``parameter_units``,
 ``seed``, ``run_dir``, ``model_hash``, ``command_line``, ``cvae_pms_version``,
 ``ood_threshold``, ``ood_k``, ``prior`` (JSON of the user prior, '' without),
 ``luminosity`` (model uses parallaxes), ``parallax_zero_point_mas``,
-``min_parallax_over_error``, ``astrometry`` (side table path or ''), ``n_complete`` (rows
+``min_parallax_over_error``, ``astrometry`` (side table path or ''), ``gof_draws`` (0: no
+check), ``gof_threshold`` (``poor_fit`` threshold on ``gof_chi2_red``), ``gof_note`` (why the
+check was not computed, or ''), ``n_complete`` (rows
 completely written: a reader or a resume
 trusts only these).
 
@@ -67,6 +73,7 @@ FLAG_LOW_ESS = 32
 FLAG_NO_PARALLAX = 64
 FLAG_SAMPLED_INPUT = 128
 FLAG_DUPLICATE_SOURCE_ID = 256
+FLAG_POOR_FIT = 512
 
 #: bit -> (name, meaning); also stored as JSON in the file attribute ``status_flags``.
 STATUS_FLAGS: dict[int, tuple[str, str]] = {
@@ -93,6 +100,9 @@ STATUS_FLAGS: dict[int, tuple[str, str]] = {
                                                       "row of the same input file (every such "
                                                       "row is flagged; 'input_row' tells them "
                                                       "apart)"),
+    FLAG_POOR_FIT: ("poor_fit", "posterior predictive check: the forward model at the posterior "
+                                "samples does not reproduce the spectrum (gof_chi2_red above "
+                                "the gof_threshold attribute; see cvae_pms.gof)"),
 }
 
 _STR = h5py.string_dtype("utf-8")
@@ -139,6 +149,8 @@ class PosteriorChunk:
     ess: np.ndarray | None = None
     samples_raw: np.ndarray | None = None
     input_row: np.ndarray | None = None
+    gof_chi2_red: np.ndarray | None = None
+    gof_p: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(np.asarray(self.source_id).shape[0])
@@ -150,15 +162,15 @@ class PosteriorWriter:
     Use as a context manager. ``attrs`` become file attributes (JSON-encoded when not a
     scalar, string or numeric array). With ``resume=True`` an existing file is opened,
     truncated to its ``n_complete`` rows and appended to; ``expect`` (attribute -> value)
-    must then match the file's attributes (e.g. the model hash and seed). ``ess`` and
-    ``samples_raw`` create those optional datasets (a resumed file keeps the ones it has);
-    the chunks appended must then carry them.
+    must then match the file's attributes (e.g. the model hash and seed). ``ess``,
+    ``samples_raw`` and ``gof`` (``gof_chi2_red`` + ``gof_p``) create those optional datasets
+    (a resumed file keeps the ones it has); the chunks appended must then carry them.
     """
 
     def __init__(self, path: str | os.PathLike, n_samples: int, attrs: dict | None = None,
                  resume: bool = False, expect: dict | None = None,
                  compression_level: int = 1, ess: bool = False,
-                 samples_raw: bool = False) -> None:
+                 samples_raw: bool = False, gof: bool = False) -> None:
         self.path = Path(path)
         self.n_samples = int(n_samples)
         if resume:
@@ -178,8 +190,8 @@ class PosteriorWriter:
             self._f = h5py.File(self.path, "w")
             self._create(compression_level)
             level = compression_level
-            if ess:
-                self._f.create_dataset("ess", (0,), np.float32, maxshape=(None,), chunks=(4096,))
+            for name in ("ess",) * ess + ("gof_chi2_red", "gof_p") * gof:
+                self._f.create_dataset(name, (0,), np.float32, maxshape=(None,), chunks=(4096,))
             if samples_raw:
                 s = self.n_samples
                 self._f.create_dataset("samples_raw", (0, s, params.N_PARAMS), np.float32,
@@ -284,8 +296,8 @@ class PosteriorWriter:
 
 _ROW_DATASETS = ("source_id", "samples", "quantiles", "status", "message", "input_file",
                  "ood_distance", "bound_params")
-#: Row datasets only some files have (``infer --prior``, ``--keep-raw``).
-_OPTIONAL = ("ess", "samples_raw")
+#: Row datasets only some files have (``infer --prior``, ``--keep-raw``, ``--gof``).
+_OPTIONAL = ("ess", "samples_raw", "gof_chi2_red", "gof_p")
 #: Integer row datasets that files of older versions lack (written -1 when a chunk has none).
 _OPTIONAL_INT = ("input_row",)
 
@@ -335,6 +347,8 @@ class Posterior:
     ess: np.ndarray | None = None
     samples_raw: np.ndarray | None = None
     input_row: np.ndarray | None = None
+    gof_chi2_red: np.ndarray | None = None
+    gof_p: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.source_id.shape[0])
@@ -377,6 +391,8 @@ def _rows(f: h5py.File, sl: slice, with_samples: bool) -> Posterior:
         ess=f["ess"][sl] if "ess" in f else None,
         samples_raw=f["samples_raw"][sl] if with_samples and "samples_raw" in f else None,
         input_row=f["input_row"][sl] if "input_row" in f else None,
+        gof_chi2_red=f["gof_chi2_red"][sl] if "gof_chi2_red" in f else None,
+        gof_p=f["gof_p"][sl] if "gof_p" in f else None,
     )
 
 
@@ -420,8 +436,8 @@ def summary_table(posteriors: Iterator[Posterior] | Posterior) -> Table:
 
     Columns: ``source_id``; per parameter ``<name>_median``, ``_p16``, ``_p84``, ``_p2.5``,
     ``_p97.5`` (physical units) and ``<name>_width68`` (p84 - p16); ``status`` (bit flags),
-    ``flags`` (their names), ``at_bound`` (parameter names), ``ood_distance``, ``ess``
-    (only when the file has it), ``message``, ``input_file``, ``input_row`` (when the file
+    ``flags`` (their names), ``at_bound`` (parameter names), ``ood_distance``, ``ess``,
+    ``gof_chi2_red``, ``gof_p`` (only when the file has them), ``message``, ``input_file``, ``input_row`` (when the file
     has it). Column units and descriptions
     come from :mod:`cvae_pms.params`.
     """
@@ -461,6 +477,12 @@ def summary_table(posteriors: Iterator[Posterior] | Posterior) -> Table:
     if parts and all(p.ess is not None for p in parts):
         t["ess"] = np.concatenate([p.ess for p in parts]).astype(np.float64)
         t["ess"].description = "effective sample size of the user-prior importance weights"
+    if parts and all(p.gof_chi2_red is not None for p in parts):
+        t["gof_chi2_red"] = np.concatenate([p.gof_chi2_red for p in parts]).astype(np.float64)
+        t["gof_chi2_red"].description = ("posterior predictive reduced chi^2 of the spectrum "
+                                         "(NaN: not computed)")
+        t["gof_p"] = np.concatenate([p.gof_p for p in parts]).astype(np.float64)
+        t["gof_p"].description = "posterior predictive p-value of gof_chi2_red"
     t["message"] = msg
     t["input_file"] = inp
     if parts and all(p.input_row is not None for p in parts):
@@ -470,7 +492,8 @@ def summary_table(posteriors: Iterator[Posterior] | Posterior) -> Table:
         t.meta.update({k: _meta_value(v) for k, v in parts[0].attrs.items()
                        if k in ("run_dir", "model_hash", "seed", "n_samples", "ood_threshold",
                                 "ood_k", "cvae_pms_version", "prior", "luminosity",
-                                "parallax_zero_point_mas", "min_parallax_over_error")})
+                                "parallax_zero_point_mas", "min_parallax_over_error",
+                                "gof_draws", "gof_threshold", "gof_note")})
     return t
 
 

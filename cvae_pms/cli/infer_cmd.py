@@ -48,11 +48,20 @@ def _sigterm_to_exit(signum, frame) -> None:
                    "and resampled; 'ess' per source, flag low_ess.")
 @click.option("--keep-raw", is_flag=True,
               help="With --prior: also keep the samples under the training prior (samples_raw).")
+@click.option("--gof/--no-gof", "gof", default=True, show_default=True,
+              help="Posterior predictive goodness of fit per source (gof_chi2_red, gof_p, "
+                   "flag poor_fit); not computed for models trained on ingested grids.")
+@click.option("--gof-draws", type=int, default=None,
+              help="Posterior samples re-synthesised per source for the check [default: 32].")
+@click.option("--poor-fit-threshold", type=float, default=None,
+              help="Flag poor_fit above this gof_chi2_red [default: the shipped threshold "
+                   "calibrated on real APOGEE x XP stars].")
 def infer(run: Path, inputs: tuple[Path, ...], out: Path, samples: int, summary: Path | None,
           batch: int, seed: int, plots: Path | None, max_plots: int, truth: Path | None,
           resume: bool, dask_spec: str | None, quiet: bool, astrometry: Path | None,
           parallax_zero_point: float | None, min_parallax_over_error: float,
-          prior: Path | None, keep_raw: bool, overwrite: bool) -> None:
+          prior: Path | None, keep_raw: bool, overwrite: bool, gof: bool,
+          gof_draws: int | None, poor_fit_threshold: float | None) -> None:
     """Draw posterior samples for every source in the XP files INPUTS with the model RUN.
 
     Writes OUT (samples, status flags, messages per source) and optionally a summary
@@ -68,7 +77,10 @@ def infer(run: Path, inputs: tuple[Path, ...], out: Path, samples: int, summary:
         used = [name for name, v in (("--astrometry", astrometry), ("--prior", prior),
                                      ("--parallax-zero-point", parallax_zero_point))
                 if v is not None] + (["--keep-raw"] if keep_raw else []) + (
-            ["--min-parallax-over-error"] if min_parallax_over_error != 5.0 else [])
+            ["--min-parallax-over-error"] if min_parallax_over_error != 5.0 else []) + (
+            ["--no-gof"] if not gof else []) + [
+            name for name, v in (("--gof-draws", gof_draws),
+                                 ("--poor-fit-threshold", poor_fit_threshold)) if v is not None]
         if used:
             raise click.ClickException(f"{', '.join(used)} not supported with --dask yet; "
                                        f"run without --dask")
@@ -99,7 +111,8 @@ def infer(run: Path, inputs: tuple[Path, ...], out: Path, samples: int, summary:
                             log=lambda s: click.echo(s, err=True), astrometry=astrometry,
                             parallax_zero_point=parallax_zero_point,
                             min_parallax_over_error=min_parallax_over_error, prior=prior,
-                            keep_raw=keep_raw, overwrite=overwrite)
+                            keep_raw=keep_raw, overwrite=overwrite, gof=gof,
+                            gof_draws=gof_draws, poor_fit_threshold=poor_fit_threshold)
         except KeyboardInterrupt:
             partial = out.with_name(out.name + ".partial")
             raise click.ClickException(
@@ -114,6 +127,11 @@ def infer(run: Path, inputs: tuple[Path, ...], out: Path, samples: int, summary:
         if res.n_duplicates:
             click.echo(f"{res.n_duplicates} rows share their source_id with another row of the "
                        f"same input (flag duplicate_source_id)")
+        if res.gof_note:
+            click.echo(res.gof_note)
+        elif res.n_poor_fit:
+            click.echo(f"{res.n_poor_fit} sources the forward model does not reproduce at their "
+                       f"posterior (flag poor_fit)")
         if res.n_low_ess:
             click.echo(f"{res.n_low_ess} sources with a low effective sample size under the "
                        f"prior (flag low_ess)")

@@ -243,49 +243,27 @@ class ReferenceModelError(CvaePmsError):
 
 
 def builtin_forward(meta: dict) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
-    """The built-in forward model (SED -> XP coefficients) with a grid's stored settings.
-
-    Reads the accretion settings, extinction law/R_V and distance that ``grid synth`` stores
-    in the grid meta (``forward_model`` = :func:`cvae_pms.physics.sed.forward_model_meta`).
-    A grid without them gets the defaults (``AccretionSettings()``, G23, R_V 3.1, its
-    ``reference_distance_pc`` or 10 pc): always confirm with :func:`check_forward`. Per-star
-    nuisance draws (``draw_nuisance``) have no single forward model: refused.
+    """The built-in forward model (SED -> XP coefficients) with a grid's stored settings
+    (:func:`cvae_pms.physics.sed.sed_function`). A grid without them gets the defaults
+    (``AccretionSettings()``, G23, R_V 3.1, its ``reference_distance_pc`` or 10 pc): always
+    confirm with :func:`check_forward`. Per-star nuisance draws (``draw_nuisance``) have no
+    single forward model: refused (:class:`ReferenceModelError`).
     """
-    from cvae_pms.physics.accretion import AccretionSettings
-    from cvae_pms.physics.photosphere import PhysicsError, table_wavelength_nm
-    from cvae_pms.physics.sed import sed_flux
+    from cvae_pms.physics.photosphere import table_wavelength_nm
+    from cvae_pms.physics.sed import ForwardModelUnavailable, sed_function
     from cvae_pms.xp.instrument import sed_to_coefficients
 
-    fm = meta.get("forward_model")
-    if isinstance(fm, str):
-        import json
-        fm = json.loads(fm)
-    fm = fm if isinstance(fm, dict) else {}
+    meta = dict(meta or {})
+    if not meta.get("forward_model"):
+        meta["forward_model"] = {}
     try:
-        settings = AccretionSettings.from_dict(fm.get("accretion", {}))
-    except (PhysicsError, TypeError) as exc:
-        raise ReferenceModelError(f"grid accretion settings unusable: {exc}") from exc
-    if settings.draw_nuisance:
-        raise ReferenceModelError("the grid draws slab nuisance parameters per star: the "
-                                  "exact likelihood would need them as extra parameters")
-    ext = fm.get("extinction", {}) if isinstance(fm.get("extinction"), dict) else {}
-    law = str(ext.get("law", meta.get("extinction_law", "G23")))
-    r_v = float(ext.get("r_v", 3.1))
-    distance = fm.get("distance_pc", meta.get("reference_distance_pc"))
-    try:
-        distance = float(distance)
-    except (TypeError, ValueError):
-        distance = 10.0
-    if not np.isfinite(distance) or distance <= 0:
-        distance = 10.0   # normalised grids: the flux scale is marginalised anyway
+        sed = sed_function(meta)
+    except ForwardModelUnavailable as exc:
+        raise ReferenceModelError(str(exc)) from exc
     wl = table_wavelength_nm()
-    from cvae_pms.physics.sed import correction_from_meta
-    correction = correction_from_meta(fm)
 
     def forward(theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        flux = sed_flux(theta, None, distance_pc=distance, settings=settings,
-                        extinction_law=law, r_v=r_v, photosphere_correction=correction)
-        return sed_to_coefficients(flux, wl)
+        return sed_to_coefficients(sed(theta), wl)
 
     return forward
 

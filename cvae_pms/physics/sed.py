@@ -30,7 +30,7 @@ from cvae_pms.physics.accretion import (
     spot_flux,
     stellar_radius_m,
 )
-from cvae_pms.physics.extinction import apply_extinction, extinction_curve
+from cvae_pms.physics.extinction import apply_extinction, extinction_curve, extinction_curves
 from cvae_pms.physics.photosphere import (
     DEFAULT_CORRECTION,
     PhysicsError,
@@ -83,12 +83,13 @@ class SEDComponents:
 
 @dataclass
 class SEDResult:
-    """Fluxes at the Earth [W m^-2 nm^-1] (n, m) and the per-star slab draws (n,)."""
+    """Fluxes at the Earth [W m^-2 nm^-1] (n, m), the per-star slab draws and R_V (n,)."""
 
     wavelength_nm: np.ndarray
     flux_w_m2_nm: np.ndarray
     t_slab_k: np.ndarray
     tau_300: np.ndarray
+    r_v: np.ndarray | None = None
 
 
 def _check_theta(theta: np.ndarray) -> np.ndarray:
@@ -162,25 +163,42 @@ def simulate_sed(theta: np.ndarray, wavelength_nm: np.ndarray | None = None,
                  distance_pc: float = 10.0, settings: AccretionSettings = AccretionSettings(),
                  rng: np.random.Generator | None = None, extinction_law: str = "G23",
                  r_v: float = 3.1, chunk_size: int = DEFAULT_CHUNK,
-                 photosphere_correction: str | None = DEFAULT_CORRECTION) -> SEDResult:
-    """SED at the Earth plus the slab parameters used per star; see :func:`sed_flux`."""
+                 photosphere_correction: str | None = DEFAULT_CORRECTION,
+                 r_v_range: tuple[float, float] | None = None) -> SEDResult:
+    """SED at the Earth plus the slab parameters and R_V used per star; see :func:`sed_flux`.
+
+    ``r_v_range``: draw R_V per star uniformly in (low, high) from ``rng`` (after the slab
+    draws) instead of the fixed ``r_v``.
+    """
     theta = _check_theta(theta)
     correction = check_correction(photosphere_correction)
     if not distance_pc > 0:
         raise PhysicsError(f"distance_pc must be > 0, got {distance_pc}")
     wl = None if wavelength_nm is None else _wavelengths(wavelength_nm)
     wl_out = _wavelengths(wl)
-    k = extinction_curve(wl_out, extinction_law, r_v)
     n = theta.shape[0]
     t_slab, tau_300 = settings.slab_parameters(n, rng)  # drawn up front: chunk-independent
+    if r_v_range is not None:
+        lo, hi = (float(v) for v in r_v_range)
+        if not 1.5 <= lo <= hi <= 6.5:
+            raise PhysicsError(f"R_V range {lo:g}..{hi:g} outside 1.5..6.5 (the laws' range)")
+        if rng is None:
+            raise PhysicsError("per-star R_V draws (r_v_range) need a numpy Generator (rng)")
+        r_v_star = rng.uniform(lo, hi, n)
+        k = extinction_curves(wl_out, extinction_law, r_v_star)
+    else:
+        r_v_star = None
+        k = extinction_curve(wl_out, extinction_law, r_v)
     out = np.empty((n, wl_out.size), dtype=np.float64)
     d_m = distance_pc * PC_M
     for s in range(0, n, chunk_size):
         c = slice(s, min(s + chunk_size, n))
         comp = _components(theta[c], wl, settings, t_slab[c], tau_300[c], correction)
         dilution = (comp.radius_m / d_m) ** 2
-        out[c] = apply_extinction(comp.total * dilution[:, None], theta[c, _I["a0"]], k)
-    return SEDResult(wavelength_nm=wl_out, flux_w_m2_nm=out, t_slab_k=t_slab, tau_300=tau_300)
+        out[c] = apply_extinction(comp.total * dilution[:, None], theta[c, _I["a0"]],
+                                  k if k.ndim == 1 else k[c])
+    return SEDResult(wavelength_nm=wl_out, flux_w_m2_nm=out, t_slab_k=t_slab, tau_300=tau_300,
+                     r_v=r_v_star)
 
 
 def sed_flux(theta: np.ndarray, wavelength_nm: np.ndarray | None = None,
@@ -231,7 +249,8 @@ def veiling(theta: np.ndarray, wavelength_nm: np.ndarray | None = None,
 def forward_model_meta(settings: AccretionSettings = AccretionSettings(),
                        extinction_law: str = "G23", r_v: float = 3.1,
                        distance_pc: float = 10.0,
-                       photosphere_correction: str | None = DEFAULT_CORRECTION) -> dict:
+                       photosphere_correction: str | None = DEFAULT_CORRECTION,
+                       r_v_range: tuple[float, float] | None = None) -> dict:
     """JSON-serialisable description of the forward model, for grid metadata.
 
     ``photosphere_correction`` is recorded as its name (or None); a grid without the key was
@@ -252,7 +271,8 @@ def forward_model_meta(settings: AccretionSettings = AccretionSettings(),
         "photosphere": {"table": "phoenix_aces.npz", "source_sha256": tab.meta["source_sha256"],
                         "citation": tab.meta["citation"], "bounds": tab.bounds},
         "accretion": settings.to_dict(),
-        "extinction": {"law": extinction_law, "r_v": r_v, "a0_wavelength_nm": 541.4},
+        "extinction": {"law": extinction_law, "r_v": r_v, "a0_wavelength_nm": 541.4,
+                       **({"r_v_range": [float(v) for v in r_v_range]} if r_v_range else {})},
         "distance_pc": distance_pc,
     }
 
@@ -262,3 +282,60 @@ def correction_from_meta(forward_model: dict | None) -> str | None:
     (None for grids written before forward-model version 2, or ingested grids)."""
     fm = forward_model if isinstance(forward_model, dict) else {}
     return check_correction(fm.get("photosphere_correction"))
+
+
+class ForwardModelUnavailable(PhysicsError):
+    """A grid's metadata does not describe a built-in forward model (e.g. an ingested grid)."""
+
+
+def sed_function(meta: dict, nuisance: str = "refuse"):
+    """The built-in forward model a grid was made with: ``theta (n, 7) -> F_lambda (n, m)``
+    [W m^-2 nm^-1] on the PHOENIX table wavelengths (:func:`table_wavelength_nm`).
+
+    Reads the accretion settings, extinction law/R_V, distance and photosphere correction that
+    ``grid synth`` stores in the grid meta (``forward_model`` = :func:`forward_model_meta`).
+    ``nuisance``: for grids with per-star slab or R_V draws (``draw_nuisance``,
+    ``extinction.r_v_range``), ``"refuse"`` raises
+    :class:`ForwardModelUnavailable`, ``"fixed"`` uses the slab at its fixed values
+    (``t_slab_k``, ``tau_300``) and R_V = ``r_v`` (3.1). A grid without ``forward_model`` (ingested, or written by
+    another tool) raises :class:`ForwardModelUnavailable`.
+    """
+    import json
+    from dataclasses import replace
+    fm = meta.get("forward_model") if isinstance(meta, dict) else None
+    if isinstance(fm, str):
+        try:
+            fm = json.loads(fm)
+        except ValueError:
+            fm = None
+    if not isinstance(fm, dict) or "accretion" not in fm:
+        raise ForwardModelUnavailable("the training grid records no built-in forward model "
+                                      "(ingested grid?)")
+    try:
+        settings = AccretionSettings.from_dict(fm.get("accretion", {}))
+    except (PhysicsError, TypeError) as exc:
+        raise ForwardModelUnavailable(f"grid accretion settings unusable: {exc}") from exc
+    if settings.draw_nuisance:
+        if nuisance != "fixed":
+            raise ForwardModelUnavailable("the grid draws slab nuisance parameters per star: "
+                                          "no single forward model")
+        settings = replace(settings, draw_nuisance=False)
+    ext = fm.get("extinction", {}) if isinstance(fm.get("extinction"), dict) else {}
+    if ext.get("r_v_range") and nuisance != "fixed":
+        raise ForwardModelUnavailable("the grid draws R_V per star: no single forward model")
+    law = str(ext.get("law", meta.get("extinction_law", "G23")))
+    r_v = float(ext.get("r_v", 3.1))
+    distance = fm.get("distance_pc", meta.get("reference_distance_pc"))
+    try:
+        distance = float(distance)
+    except (TypeError, ValueError):
+        distance = 10.0
+    if not np.isfinite(distance) or distance <= 0:
+        distance = 10.0   # normalised grids: the flux scale is fitted anyway
+    correction = correction_from_meta(fm)
+
+    def sed(theta: np.ndarray) -> np.ndarray:
+        return sed_flux(theta, None, distance_pc=distance, settings=settings,
+                        extinction_law=law, r_v=r_v, photosphere_correction=correction)
+
+    return sed
