@@ -242,6 +242,30 @@ def test_extinction_reddens_by_the_law():
     assert got < 0.5  # A0 = 2 makes the star clearly redder
 
 
+def test_per_star_r_v_interpolates_the_law_and_greys_the_extinction():
+    from cvae_pms.physics.extinction import extinction_curves
+    wl = np.arange(336.0, 1021.0, 2.0)
+    r_v = np.array([2.5, 3.1, 3.137, 4.0, 5.5])
+    k = extinction_curves(wl, "G23", r_v)
+    for j, v in enumerate(r_v):   # nodes exact, between nodes within 1e-4
+        np.testing.assert_allclose(k[j], extinction_curve(wl, "G23", float(v)), atol=1e-4)
+    # a larger R_V is a greyer law: less reddening per magnitude of A0
+    blue_red = k[:, 32] - k[:, -1]            # k(400 nm) - k(1020 nm)
+    assert np.all(np.diff(blue_red) < 0)
+    # drawn per star from the generator, after the slab draws; reproducible
+    theta = np.concatenate([star(a0=2.0)] * 50)
+    a = simulate_sed(theta, wl, rng=np.random.default_rng(5), r_v_range=(2.5, 5.5))
+    b = simulate_sed(theta, wl, rng=np.random.default_rng(5), r_v_range=(2.5, 5.5))
+    np.testing.assert_array_equal(a.flux_w_m2_nm, b.flux_w_m2_nm)
+    assert np.all((a.r_v >= 2.5) & (a.r_v <= 5.5)) and a.r_v.std() > 0.5
+    colour = a.flux_w_m2_nm[:, 32] / a.flux_w_m2_nm[:, -1]
+    assert np.corrcoef(a.r_v, colour)[0, 1] > 0.95   # greyer law -> bluer star at fixed A0
+    with pytest.raises(PhysicsError, match="Generator"):
+        simulate_sed(theta[:1], wl, r_v_range=(2.5, 5.5))
+    with pytest.raises(PhysicsError, match="R_V range"):
+        simulate_sed(theta[:1], wl, rng=np.random.default_rng(0), r_v_range=(0.5, 5.5))
+
+
 def test_distance_dilution_and_grid_choice():
     wl = np.arange(336.0, 1021.0, 2.0)
     f10 = sed_flux(star(), wl, distance_pc=10.0)

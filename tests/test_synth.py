@@ -73,6 +73,40 @@ def test_nuisance_draws_are_seeded(tmp_path):
     assert 8000 <= lo < hi <= 11000
 
 
+def test_nuisance_physics_grid(tmp_path):
+    from cvae_pms.physics.sed import ForwardModelUnavailable, sed_function
+    out = tmp_path / "n.h5"
+    res = CliRunner().invoke(main, ["grid", "synth", "--out", str(out), "--quiet", "--n", "300",
+                                    "--seed", "2", "--nuisance-physics"])
+    assert res.exit_code == 0, res.output
+    again = S.synth_grid(tmp_path / "m.h5", n=300, seed=2, draw_nuisance=True,
+                         r_v_range=(2.5, 5.5), progress=False)
+    fixed = S.synth_grid(tmp_path / "f.h5", n=300, seed=2, progress=False)
+    with open_grid(out) as g:
+        meta, (_, bp, _) = g.meta, g.read(np.arange(300))
+        assert g.content_hash == again.content_hash != fixed.content_hash
+    assert meta["forward_model"]["extinction"]["r_v_range"] == [2.5, 5.5]
+    lo, hi = meta["synth"]["nuisance_summary"]["r_v"]
+    assert 2.5 <= lo < 2.7 and 5.3 < hi <= 5.5
+    # no single forward model: refused, or the fixed choices (R_V 3.1, fixed slab) on request
+    with pytest.raises(ForwardModelUnavailable, match="per star"):
+        sed_function(meta)
+    with open_grid(tmp_path / "f.h5") as g:
+        _, bp_fixed, _ = g.read(np.arange(300))
+        wl_meta = g.meta
+    theta = S.sample_box(300, 2)
+    from cvae_pms.physics.photosphere import table_wavelength_nm
+    from cvae_pms.xp.instrument import sed_to_coefficients
+    bp_f, _ = sed_to_coefficients(sed_function(meta, nuisance="fixed")(theta), table_wavelength_nm())
+    bp_w, _ = sed_to_coefficients(sed_function(wl_meta)(theta), table_wavelength_nm())
+    np.testing.assert_allclose(bp_f, bp_w, rtol=1e-10)
+    np.testing.assert_allclose(bp_w, bp_fixed, rtol=1e-6)
+    assert not np.allclose(bp, bp_fixed, rtol=1e-3)
+    res = CliRunner().invoke(main, ["grid", "synth", "--out", str(tmp_path / "x.h5"), "--quiet",
+                                    "--n", "10", "--r-v-range", "5"])
+    assert res.exit_code != 0 and "LOW:HIGH" in res.output
+
+
 @pytest.mark.parametrize("args, message", [
     (["--n", "0"], "--n must be a positive integer"),
     (["--n", "-5"], "--n must be a positive integer"),

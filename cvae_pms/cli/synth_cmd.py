@@ -21,23 +21,41 @@ from cvae_pms import params as P
 @click.option("--chunk", type=int, default=5000, show_default=True, help="Rows per chunk.")
 @click.option("--draw-nuisance", is_flag=True,
               help="Draw the slab temperature and optical depth per star (else fixed values).")
-@click.option("--extinction-law", default="G23", show_default=True, help="G23 or F19 (R_V 3.1).")
+@click.option("--extinction-law", default="G23", show_default=True,
+              help="G23 or F19 (R_V 3.1 unless --r-v-range).")
+@click.option("--r-v-range", default=None, metavar="LOW:HIGH",
+              help="Draw R_V per star uniformly in LOW:HIGH (a nuisance parameter, "
+                   "marginalised in training), e.g. 2.5:5.5.")
+@click.option("--nuisance-physics", is_flag=True,
+              help="Marginalise the physics choices: --draw-nuisance and --r-v-range 2.5:5.5 "
+                   "(unless given).")
 @click.option("--photosphere-correction", default="apogee-dr17-v1", show_default=True,
               help="Empirical photosphere correction learned from real APOGEE x XP stars, or "
                    "'none' for the plain PHOENIX table.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def synth(n: int, out_path: Path, seed: int, design: str, distance_pc: float, chunk: int,
-          draw_nuisance: bool, extinction_law: str, photosphere_correction: str,
-          quiet: bool) -> None:
+          draw_nuisance: bool, extinction_law: str, r_v_range: str | None,
+          nuisance_physics: bool, photosphere_correction: str, quiet: bool) -> None:
     """Sample the 7-D box and write a grid of noise-free XP coefficients."""
     from cvae_pms.grid.synth import GridError, PhysicsError, SynthError, check_options, synth_grid
 
+    if nuisance_physics:
+        draw_nuisance, r_v_range = True, r_v_range or "2.5:5.5"
+    rv = None
+    if r_v_range is not None:
+        try:
+            rv = tuple(float(v) for v in r_v_range.split(":"))
+            if len(rv) != 2:
+                raise ValueError
+        except ValueError:
+            raise click.BadParameter(f"{r_v_range!r}: expected LOW:HIGH, e.g. 2.5:5.5",
+                                     param_hint="--r-v-range") from None
     try:
         check_options(n, seed, design.lower(), distance_pc, chunk, extinction_law.upper())
         report = synth_grid(out_path, n=n, seed=seed, design=design.lower(), distance_pc=distance_pc,
                             chunk=chunk, draw_nuisance=draw_nuisance,
                             extinction_law=extinction_law.upper(), progress=not quiet,
-                            photosphere_correction=photosphere_correction)
+                            photosphere_correction=photosphere_correction, r_v_range=rv)
     except (SynthError, GridError, PhysicsError) as exc:
         raise click.ClickException(str(exc)) from exc
     for line in report.lines():

@@ -114,7 +114,8 @@ def package_versions() -> dict[str, str]:
 
 def synth_meta(n: int, seed: int, design: str, distance_pc: float, chunk: int,
                settings: AccretionSettings, extinction_law: str,
-               photosphere_correction: str | None = DEFAULT_CORRECTION) -> dict:
+               photosphere_correction: str | None = DEFAULT_CORRECTION,
+               r_v_range: tuple[float, float] | None = None) -> dict:
     """Grid metadata of a synthesised grid (everything needed to rebuild it)."""
     wl = table_wavelength_nm()
     noise = NoiseModel.default().to_dict()
@@ -124,10 +125,11 @@ def synth_meta(n: int, seed: int, design: str, distance_pc: float, chunk: int,
         "random_seed": int(seed),
         "reference_distance_pc": float(distance_pc),
         "forward_model": forward_model_meta(settings, extinction_law, 3.1, distance_pc,
-                                            photosphere_correction),
+                                            photosphere_correction, r_v_range),
         "design": design,
         "extinction_law": extinction_law,
         "synth": {"n": int(n), "chunk": int(chunk), "draw_nuisance": bool(settings.draw_nuisance),
+                  "r_v_range": list(r_v_range) if r_v_range else None,
                   "sed_wavelength_nm": [float(wl[0]), float(wl[-1]), int(wl.size)],
                   "nuisance_seed": "numpy default_rng([seed, 1, chunk_start]) per chunk"},
         "instrument_operator": OPERATOR_SETTINGS.to_dict(),
@@ -139,7 +141,8 @@ def synth_meta(n: int, seed: int, design: str, distance_pc: float, chunk: int,
 def synth_grid(out: str | Path, n: int = DEFAULT_N, seed: int = 0, design: str = "sobol",
                distance_pc: float = 10.0, chunk: int = DEFAULT_CHUNK, draw_nuisance: bool = False,
                extinction_law: str = "G23", progress: bool = True,
-               photosphere_correction: str | None = DEFAULT_CORRECTION) -> SynthReport:
+               photosphere_correction: str | None = DEFAULT_CORRECTION,
+               r_v_range: tuple[float, float] | None = None) -> SynthReport:
     """Synthesise a grid of noise-free XP coefficients and write it to ``out``.
 
     Args:
@@ -150,6 +153,8 @@ def synth_grid(out: str | Path, n: int = DEFAULT_N, seed: int = 0, design: str =
         distance_pc: reference distance of the absolute fluxes, pc.
         chunk: rows per SED/projection/write chunk (memory ~ chunk x 200 x 8 B x a few).
         draw_nuisance: draw the slab temperature and optical depth per star.
+        r_v_range: draw R_V per star uniformly in (low, high) (else R_V = 3.1); the draws
+            are nuisance parameters, not stored per row (reproducible from ``seed``).
         extinction_law: ``"G23"`` or ``"F19"`` (R_V = 3.1).
         progress: show a tqdm progress bar.
         photosphere_correction: empirical photosphere correction from real stars (default),
@@ -173,17 +178,26 @@ def synth_grid(out: str | Path, n: int = DEFAULT_N, seed: int = 0, design: str =
     t0 = time.perf_counter()
     theta = sample_box(n, seed, design)
     stages = {"sampling": time.perf_counter() - t0, "sed": 0.0, "projection": 0.0, "writing": 0.0}
+    if r_v_range is not None:
+        r_v_range = (float(r_v_range[0]), float(r_v_range[1]))
+        if not 1.5 <= r_v_range[0] <= r_v_range[1] <= 6.5:
+            raise SynthError(f"--r-v-range {r_v_range[0]:g}:{r_v_range[1]:g}: must lie within "
+                             "1.5..6.5 (low <= high)")
+    drawn = draw_nuisance or r_v_range is not None
     meta = synth_meta(n, seed, design, distance_pc, chunk, settings, extinction_law,
-                      photosphere_correction)
+                      photosphere_correction, r_v_range)
     with GridWriter(out, meta, expected_rows=n) as writer:
-        nuisance: dict[str, list[np.ndarray]] = {"t_slab_k": [], "tau_300": []}
+        nuisance: dict[str, list[np.ndarray]] = {
+            k: [] for k in ("t_slab_k", "tau_300") * draw_nuisance
+            + ("r_v",) * (r_v_range is not None)}
         for start in tqdm(range(0, n, chunk), desc="grid synth", unit="chunk",
                           total=math.ceil(n / chunk), disable=not progress):
             block = theta[start:start + chunk]
             t = time.perf_counter()
-            rng = np.random.default_rng([seed, 1, start]) if draw_nuisance else None
+            rng = np.random.default_rng([seed, 1, start]) if drawn else None
             sed = simulate_sed(block, wl, distance_pc, settings, rng, extinction_law,
-                               photosphere_correction=photosphere_correction)
+                               photosphere_correction=photosphere_correction,
+                               r_v_range=r_v_range)
             t2 = time.perf_counter()
             bp, rp = sed_to_coefficients(sed.flux_w_m2_nm, wl)
             t3 = time.perf_counter()
@@ -192,10 +206,9 @@ def synth_grid(out: str | Path, n: int = DEFAULT_N, seed: int = 0, design: str =
             stages["sed"] += t2 - t
             stages["projection"] += t3 - t2
             stages["writing"] += t4 - t3
-            if draw_nuisance:
-                nuisance["t_slab_k"].append(sed.t_slab_k)
-                nuisance["tau_300"].append(sed.tau_300)
-        if draw_nuisance:
+            for k, v in nuisance.items():
+                v.append(getattr(sed, k))
+        if drawn:
             writer.meta["synth"]["nuisance_summary"] = {
                 k: [float(np.min(np.concatenate(v))), float(np.max(np.concatenate(v)))]
                 for k, v in nuisance.items()}

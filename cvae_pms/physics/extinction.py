@@ -57,7 +57,28 @@ def extinction_curve(wavelength_nm: np.ndarray, law: str = "G23", r_v: float = 3
     return _curve(law, float(r_v), wl.tobytes())
 
 
+#: Spacing [R_V] of the curves that per-star R_V values are interpolated between.
+R_V_STEP = 0.05
+
+
+def extinction_curves(wavelength_nm: np.ndarray, law: str, r_v: np.ndarray) -> np.ndarray:
+    """k(lambda) (n, m) for per-star R_V (n,): linear interpolation in R_V between curves
+    tabulated every :data:`R_V_STEP` (the laws are smooth in R_V: interpolation error
+    < 1e-4 in k over 336-1020 nm)."""
+    r_v = np.asarray(r_v, dtype=np.float64)
+    if r_v.size == 0:
+        return np.zeros((0, np.size(wavelength_nm)))
+    lo = np.floor(r_v.min() / R_V_STEP) * R_V_STEP
+    nodes = np.round(lo + R_V_STEP * np.arange(int(np.ceil((r_v.max() - lo) / R_V_STEP)) + 2), 6)
+    curves = np.stack([extinction_curve(wavelength_nm, law, float(v)) for v in nodes])
+    j = np.clip(((r_v - nodes[0]) / R_V_STEP).astype(int), 0, nodes.size - 2)
+    w = ((r_v - nodes[j]) / R_V_STEP)[:, None]
+    return (1.0 - w) * curves[j] + w * curves[j + 1]
+
+
 def apply_extinction(flux: np.ndarray, a0: np.ndarray, k: np.ndarray) -> np.ndarray:
-    """Extinguished flux: flux (n, m) times 10^(-0.4 A_0 k), A_0 (n,) [mag], k (m,)."""
+    """Extinguished flux: flux (n, m) times 10^(-0.4 A_0 k), A_0 (n,) [mag], k (m,) or per
+    star (n, m)."""
     a0 = np.asarray(a0, dtype=np.float64).reshape(-1, 1)
-    return np.asarray(flux) * 10.0 ** (-0.4 * a0 * np.asarray(k)[None, :])
+    k = np.asarray(k)
+    return np.asarray(flux) * 10.0 ** (-0.4 * a0 * (k[None, :] if k.ndim == 1 else k))
