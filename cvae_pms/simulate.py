@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -266,6 +266,24 @@ def _grid_rows(grid, rows: str, n: int | None, rng: np.random.Generator, split_s
     return np.sort(rng.choice(pool, size=n, replace=False))
 
 
+def _row_source(rows: str, run_dir) -> str:
+    """In words, where :func:`_grid_rows` takes its rows from."""
+    if run_dir is not None:
+        return f"the test split of {run_dir}"
+    return "the test split" if rows == "test" else "the grid"
+
+
+def check_g_range(g_range: tuple[float, float], noise_model: NoiseModel) -> None:
+    """:class:`SimulateError` unless ``g_range`` lies inside the noise model's G range."""
+    lo, hi = noise_model.g_range
+    if g_range[0] < lo or g_range[1] > hi:
+        fitted = noise_model.fitted_g_range
+        raise SimulateError(
+            f"--g-mag {g_range[0]:g}:{g_range[1]:g} is outside the noise model's G range "
+            f"{lo:g}..{hi:g}" + (f" (its constants were fitted on G {fitted[0]:g}..{fitted[1]:g})"
+                                 if fitted else ""))
+
+
 @dataclass
 class SimulateReport:
     """Paths written and a short summary."""
@@ -276,6 +294,7 @@ class SimulateReport:
     n: int
     with_parallax: bool
     model_error: bool = True
+    warnings: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
         return [f"wrote {self.observations} ({self.n} sources"
@@ -304,8 +323,12 @@ def simulate(out: str | os.PathLike, g_range: tuple[float, float], transit_range
             (``RUN/split.npz``; overrides ``rows``/``split_seed``).
         params_path: or a CSV/ECSV parameter table run through the forward model at 10 pc.
         parallax_error_frac: fractional parallax error.
-        noise_model: XP noise constants (default the shipped fit).
+        noise_model: XP noise constants (default the shipped fit); ``g_range`` must lie in
+            its G range (:attr:`~cvae_pms.xp.noise.NoiseModel.g_range`).
         model_error: add the forward-model-error perturbation as training does (default True).
+
+    ``n`` larger than the rows available simulates all of them, with a line in the report's
+    ``warnings``.
     """
     from astropy.table import Table
 
@@ -323,6 +346,9 @@ def simulate(out: str | os.PathLike, g_range: tuple[float, float], transit_range
         raise SimulateError(f"--n must be >= 1, got {n}")
     if not (math.isfinite(parallax_error_frac) and parallax_error_frac >= 0):
         raise SimulateError(f"--parallax-error-frac must be >= 0, got {parallax_error_frac}")
+    noise_model = noise_model or NoiseModel.default()
+    check_g_range(g_range, noise_model)
+    warnings: list[str] = []
     rng = np.random.default_rng([seed, 7])
     if grid_path is not None:
         try:
@@ -330,12 +356,18 @@ def simulate(out: str | os.PathLike, g_range: tuple[float, float], transit_range
                 idx = _grid_rows(grid, rows, n, rng, split_seed, run_dir)
                 if idx.size == 0:
                     raise SimulateError(f"{grid_path}: no rows to simulate ({rows})")
+                if n is not None and n > idx.size:
+                    warnings.append(f"--n {n} is larger than the {idx.size} rows of "
+                                    f"{_row_source(rows, run_dir)}: simulating {idx.size}")
                 theta, bp, rp = grid.read(idx)
                 d_ref = grid.reference_distance_pc
         except GridError as exc:
             raise SimulateError(str(exc)) from exc
     else:
         theta = read_params_table(params_path)
+        if n is not None and n > theta.shape[0]:
+            warnings.append(f"--n {n} is larger than the {theta.shape[0]} rows of "
+                            f"{params_path}: simulating {theta.shape[0]}")
         if n is not None:
             theta = theta[:n]
         idx = np.full(theta.shape[0], -1)
@@ -344,7 +376,6 @@ def simulate(out: str | os.PathLike, g_range: tuple[float, float], transit_range
     m = theta.shape[0]
     g = rng.uniform(g_range[0], g_range[1], size=m) if g_range[1] > g_range[0] else np.full(m, g_range[0])
     nt = rng.integers(int(transit_range[0]), int(transit_range[1]) + 1, size=m).astype(float)
-    noise_model = noise_model or NoiseModel.default()
     obs = simulate_observations(bp, rp, g, nt, rng, noise_model, model_error=model_error,
                                 teff=theta[:, P.INDEX["teff"]],
                                 model_error_term=_run_model_error(run_dir))
@@ -393,10 +424,11 @@ def simulate(out: str | os.PathLike, g_range: tuple[float, float], transit_range
                 "covariance_written": "coefficient noise only (model error not included)"}
     settings_path = out.with_name(f"{out.stem}_simulate.json")
     write_text_atomic(settings_path, json.dumps(settings, indent=1) + "\n")
-    return SimulateReport(out, truth_path, settings_path, m, with_parallax, model_error)
+    return SimulateReport(out, truth_path, settings_path, m, with_parallax, model_error,
+                          warnings)
 
 
 __all__ = ["Observations", "SimulateError", "SimulateReport", "simulate", "simulate_observations",
            "draw_model_error_coefficients", "model_error_coefficient_covariance",
            "MODEL_ERROR_RIDGE_ALPHA",
-           "parse_range", "read_params_table", "ROW_CHOICES"]
+           "parse_range", "read_params_table", "check_g_range", "ROW_CHOICES"]

@@ -96,10 +96,11 @@ def _parse_map(items: tuple[str, ...]) -> dict[str, str]:
               help="HDF5 input: sampled flux (N, 343) [W m^-2 nm^-1], 336..1020 nm step 2.")
 @click.option("--chunk-size", default=20000, show_default=True, type=click.IntRange(1),
               help="Rows per streamed chunk.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out grid file.")
 def ingest(input_path: Path, out_path: Path, maps: tuple[str, ...], mdot_linear: bool,
            drop_invalid: bool, reference_distance_pc: float | None, hdf5_params: str | None,
            hdf5_param_columns: str | None, hdf5_bp: str | None, hdf5_rp: str | None,
-           hdf5_flux: str | None, chunk_size: int) -> None:
+           hdf5_flux: str | None, chunk_size: int, overwrite: bool) -> None:
     """Convert a user grid table INPUT (CSV, ECSV, FITS, Parquet, VOTable, HDF5) to a grid."""
     from cvae_pms.grid.gridfile import GridError
     from cvae_pms.grid.ingest import ingest_table
@@ -119,7 +120,7 @@ def ingest(input_path: Path, out_path: Path, maps: tuple[str, ...], mdot_linear:
         report = ingest_table(input_path, out_path, column_map=_parse_map(maps),
                               mdot_linear=mdot_linear, drop_invalid=drop_invalid,
                               hdf5_datasets=hdf5, reference_distance_pc=reference_distance_pc,
-                              chunk_size=chunk_size)
+                              chunk_size=chunk_size, overwrite=overwrite)
     except GridError as exc:
         raise click.ClickException(str(exc)) from exc
     for line in report.lines():

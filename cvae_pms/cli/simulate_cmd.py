@@ -46,5 +46,7 @@ def simulate(grid_path: Path | None, n: int | None, rows: str, split_seed: int,
                      run_dir=run_dir)
     except SimulateError as exc:
         raise click.ClickException(str(exc)) from exc
+    for line in report.warnings:
+        click.echo(f"warning: {line}", err=True)
     for line in report.lines():
         click.echo(line)

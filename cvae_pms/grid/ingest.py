@@ -418,6 +418,18 @@ class _Layout:
     read: list[str]  # source columns to read
 
 
+#: Column names a ``--map THEIRS=OURS`` may rename to (besides ``bp_coeff_N`` ...).
+MAP_TARGETS = (*P.NAMES, "bp_coefficients", "rp_coefficients", "flux")
+
+
+def check_map_targets(column_map: dict) -> None:
+    """:class:`IngestError` naming every ``--map`` target that is not one of our names."""
+    for theirs, ours in column_map.items():
+        if ours not in MAP_TARGETS and not _COL_RE.match(str(ours)):
+            raise IngestError(f"--map {theirs}={ours}: {ours!r} is not one of our column names "
+                              f"({', '.join(MAP_TARGETS)}, bp_coeff_N, rp_coeff_N, flux_N)")
+
+
 def _resolve_layout(src: _Source, column_map: dict) -> _Layout:
     cols = src.columns
     unknown = [k for k in column_map if k not in cols]
@@ -513,7 +525,7 @@ def ingest_table(input_path: str | os.PathLike, out_path: str | os.PathLike, *,
                  column_map: dict | None = None, mdot_linear: bool = False,
                  drop_invalid: bool = False, hdf5_datasets: dict | None = None,
                  reference_distance_pc: float | None = None,
-                 chunk_size: int = 20000) -> IngestReport:
+                 chunk_size: int = 20000, overwrite: bool = False) -> IngestReport:
     """Convert a user table into a grid file.
 
     Args:
@@ -525,19 +537,28 @@ def ingest_table(input_path: str | os.PathLike, out_path: str | os.PathLike, *,
         hdf5_datasets: {"params", "bp", "rp", "flux": dataset name, "param_columns": [names]}.
         reference_distance_pc: distance [pc] at which the fluxes are absolute; None = normalised.
         chunk_size: rows per streamed chunk.
+        overwrite: replace an existing ``out_path`` (else it is refused).
 
     Returns:
         IngestReport with row counts, drop reasons, the content hash and flux-fit statistics.
 
     Raises:
-        IngestError / GridError naming the file, column and rows; no output file is left.
+        IngestError / GridError naming the file, column and rows (or the ``--map`` target that
+        is not one of our column names); no output file is left.
     """
+    from cvae_pms.outputs import OutputError, check_output_file
+
     in_path, out = Path(input_path), Path(out_path)
     column_map = dict(column_map or {})
     if not out.parent.is_dir():
         raise IngestError(f"{out}: output directory {out.parent} does not exist")
     if in_path.exists() and out.exists() and in_path.resolve() == out.resolve():
         raise IngestError(f"{out}: the output would overwrite the input")
+    try:
+        check_output_file(out, overwrite=overwrite, what="output grid")
+    except OutputError as exc:
+        raise IngestError(str(exc)) from exc
+    check_map_targets(column_map)
     src = open_source(in_path, hdf5_datasets, column_map)
     try:
         layout = _resolve_layout(src, column_map)

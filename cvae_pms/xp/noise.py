@@ -47,6 +47,10 @@ from .sampling import SAMPLING_NM
 
 #: Package data file with the fitted constants.
 DEFAULT_FILE = "xp_noise_model.json"
+#: G magnitudes [mag] where the noise model applies: Gaia's range (bright limit ~3, faint limit
+#: ~21). Outside it the model (photon, background and read noise, a flux floor; no gating or
+#: saturation) means nothing, and far outside it the draws overflow (empty coefficient cells).
+G_RANGE = (3.0, 21.0)
 _CHUNK = 4096
 
 
@@ -119,6 +123,21 @@ class NoiseModel:
             raise NoiseModelError(f"{source}: background/floor must be >= 0, sample_correlation "
                                   "in [0, 1) and n_dither >= 1")
         return model
+
+    @property
+    def g_range(self) -> tuple[float, float]:
+        """(bright, faint) G [mag] where the model applies (:data:`G_RANGE`)."""
+        return G_RANGE
+
+    @property
+    def fitted_g_range(self) -> tuple[float, float] | None:
+        """(bright, faint) G [mag] of the real spectra the constants were fitted on (the
+        residual bins of ``fit``), None when the provenance does not say."""
+        bins = [b for b in (self.fit.get("residuals_all_sources") or {}).get("g_bins", [])
+                if b.get("n", 0) > 0]
+        if not bins:
+            return None
+        return float(min(b["g_lo"] for b in bins)), float(max(b["g_hi"] for b in bins))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON dictionary of every constant (and the fit provenance)."""
