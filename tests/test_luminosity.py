@@ -235,6 +235,25 @@ def test_prior_end_to_end_cli(tmp_path, lum_run):
     for i in range(6):
         raw = {tuple(v) for v in post.samples_raw[i]}
         assert all(tuple(v) in raw for v in post.samples[i])
+    # The weights, recomputed here from the raw samples and the prior's stated density
+    # N(4000 K, 30 K): ESS = 1 / sum(w^2); the resampled mean is the importance-weighted mean
+    # within its Monte Carlo error (<= sqrt(var_w / S) for multinomial resampling, less for
+    # systematic: 4 of those, plus float32 rounding), and the prior pulls T_eff toward 4000 K.
+    teff_raw = post.samples_raw[:, :, 0].astype(np.float64)
+    ok = np.isfinite(teff_raw).all(axis=1)
+    assert ok.sum() >= 4
+    log_w = -0.5 * ((teff_raw[ok] - 4000.0) / 30.0) ** 2
+    w = np.exp(log_w - log_w.max(axis=1, keepdims=True))
+    w /= w.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(post.ess[ok], 1.0 / np.square(w).sum(axis=1), rtol=1e-4)
+    mean_w = (w * teff_raw[ok]).sum(axis=1)
+    sd_w = np.sqrt((w * (teff_raw[ok] - mean_w[:, None]) ** 2).sum(axis=1))
+    mean_res = post.samples[ok, :, 0].astype(np.float64).mean(axis=1)
+    np.testing.assert_array_less(np.abs(mean_res - mean_w), 4 * sd_w / np.sqrt(64) + 0.5)
+    far = np.abs(teff_raw[ok].mean(axis=1) - 4000.0)
+    assert (far > 100).sum() >= 3, far
+    moved = np.abs(mean_res - 4000.0)
+    assert (moved[far > 100] < far[far > 100]).all(), (moved, far)
     with h5py.File(out) as f:
         assert json.loads(f.attrs["prior"])["name"] == "narrow teff"
     summary = pf.read_summary(tmp_path / "s.ecsv")
