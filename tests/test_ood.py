@@ -59,6 +59,7 @@ def test_bound_flags():
     assert edge[3, 0] == pytest.approx(0.1) and edge[3, 1] == 0 and edge[0].sum() == 0
 
 
+@pytest.mark.slow  # trains the session's shared tiny run when it runs first (~20 s)
 def test_build_and_cache_for_a_run(tmp_path_factory):
     from cvae_pms.infer import load_model, model_hash
 

@@ -293,7 +293,7 @@ def test_resume_after_annealing_during_early_stopping(workdir, tmp_path):
     assert [r["epoch"] for r in hb] == [r["epoch"] for r in ha]
     for key in ("H", "KL", "val_H", "val_KL"):
         np.testing.assert_array_equal([r[key] for r in hb], [r[key] for r in ha], err_msg=key)
-    wa, wb = _weights(tmp_path / "a" / "model.weights.h5"), _weights(tmp_path / "b" / "model.weights.h5")
+    wa, wb = (_weights(tmp_path / k / "model.weights.h5") for k in "ab")
     assert len(wa) == len(wb) > 10
     for x, y in zip(wa, wb):
         np.testing.assert_array_equal(x, y)
