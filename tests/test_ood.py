@@ -124,7 +124,7 @@ def test_fresh_in_distribution_rate_is_the_nominal_one_percent(wide_run):
     uncertainty): the threshold lies between order statistics r and r + 1
     (r = floor((n_cal - 1) q) + 1), whose exceedance probabilities are Beta(n_cal - r + 1, r)
     and Beta(n_cal - r, r + 1). Accept the central 99.9 % of those: 3-44 of 1800 for a
-    nominal 18 (a 95th-percentile threshold flags ~70).
+    nominal 18 (a threshold at the 95th percentile flags 94 of them).
     """
     from scipy.stats import betabinom
 
