@@ -9,8 +9,11 @@ Usage::
 - model only: :func:`cvae_pms.infer.sample_sources` on precomputed features, S samples each;
 - end to end: an archive CSV of ``--n`` simulated sources -> posterior file + summary table
   (reading, features, sampling, OOD, flags, compressed HDF5 writes), model already loaded;
-- peak RSS: a child process streams ``N`` sources (the same CSV repeated as several inputs)
-  at S samples each; run for each N in ``--rss`` to get the memory slope in N;
+- peak RSS [MiB, 2^20 bytes]: a child process streams ``N`` sources at S samples each: the one
+  ``--n``-source CSV given ``N // --n`` times as inputs, so ``--rss 100000`` with the default
+  ``--n 2000`` is one 2000-source file streamed 50 times (2000 distinct spectra, each read,
+  featurised, sampled and written 50 times), not 100,000 different stars; run for each N in
+  ``--rss`` to get the memory slope in N;
 - ``--widths`` (needs a trained ``--run`` whose grid exists): median 68 % widths of T_eff and
   A0 for the same test-split stars at G = 12 and 17 (the fainter must be wider).
 
@@ -64,8 +67,8 @@ def simulated_csv(path: Path, n: int, seed: int = 0) -> Path:
     return h.write_observations(path, params.from_unit(u), rng.uniform(12, 17, n), seed=seed)
 
 
-def _vm_hwm_mb() -> float:
-    """Peak resident memory of this process (VmHWM, MB). Unlike getrusage's ru_maxrss it is
+def _vm_hwm_mib() -> float:
+    """Peak resident memory of this process (VmHWM, MiB). Unlike getrusage's ru_maxrss it is
     not inherited across fork + exec from the parent (which peaks writing the input CSV)."""
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -74,16 +77,17 @@ def _vm_hwm_mb() -> float:
 
 
 def rss_child(run: str, csv: str, repeats: int, out: str, samples: int) -> None:
-    """Child process: stream ``repeats`` copies of ``csv``; print peak RSS (MB) and rate."""
+    """Child process: stream ``repeats`` copies of ``csv``; print peak RSS (MiB) and rate."""
     from cvae_pms.infer import infer, load_model
 
     model = load_model(run)
     t0 = time.time()
     res = infer(run, [csv] * repeats, out, n_samples=samples, model=model, progress=False)
     dt = time.time() - t0
-    peak_mb = _vm_hwm_mb()
-    print(json.dumps({"n": res.n_sources, "peak_rss_mb": peak_mb, "seconds": dt,
-                      "sources_per_s": res.n_sources / dt}))
+    peak_mib = _vm_hwm_mib()
+    print(json.dumps({"n": res.n_sources, "input_file": csv, "repeats": repeats,
+                      "distinct_sources": res.n_sources // repeats, "peak_rss_mib": peak_mib,
+                      "seconds": dt, "sources_per_s": res.n_sources / dt}))
 
 
 def main() -> None:
@@ -144,7 +148,8 @@ def main() -> None:
         result["peak_rss"] = rss
         if len(rss) >= 2:
             dn = rss[-1]["n"] - rss[0]["n"]
-            result["rss_slope_mb_per_100k"] = (rss[-1]["peak_rss_mb"] - rss[0]["peak_rss_mb"]) / dn * 1e5
+            result["rss_slope_mib_per_100k"] = (rss[-1]["peak_rss_mib"]
+                                                - rss[0]["peak_rss_mib"]) / dn * 1e5
         if a.widths:
             from test_infer import wider_when_fainter
 

@@ -1,8 +1,10 @@
 """How well can *any* method do? Fisher forecasts and exact (emcee) posteriors on the CVAE's
 own test stars.
 
-Reproduces the observations that ``cvae-pms evaluate RUN --g-mag G --n N --seed SEED`` makes
-(same rows, same G and transits, same noise draws: the same seeded calls), runs one emcee
+Reproduces the observations that ``cvae-pms evaluate RUN --g-mag G1,G2,.. --n N --seed SEED``
+makes of G = ``--g`` (same rows, same G and transits, same noise draws: the same seeded calls,
+:func:`cvae_pms.evaluate.evaluated_observations`; pass evaluate's list as ``--g-mag`` when it
+had more than one G, and ``--run`` for the run's own model-error term), runs one emcee
 chain per star on the exact likelihood (:class:`cvae_pms.diagnostics.reference_mcmc.XPLikelihood`:
 source covariance + the forward-model error term, flux scale marginalised) for the first
 ``--k`` of them, and reports the robust scatter (1.4826 MAD) and bias of the exact posterior
@@ -107,6 +109,9 @@ def main() -> None:
     ap.add_argument("--val-fraction", type=float, default=0.1)
     ap.add_argument("--test-fraction", type=float, default=0.1)
     ap.add_argument("--g", type=float, default=15.0)
+    ap.add_argument("--g-mag", action="append", default=None,
+                    help="evaluate's --g-mag (e.g. 12,15,17): the noise stream of --g is the "
+                         "one of its position in that list (default: --g alone, position 0)")
     ap.add_argument("--n", type=int, default=500, help="evaluate's --n (row selection)")
     ap.add_argument("--seed", type=int, default=0, help="evaluate's --seed")
     ap.add_argument("--transits", default="15,80")
@@ -118,7 +123,8 @@ def main() -> None:
     a = ap.parse_args()
 
     from cvae_pms import params
-    from cvae_pms.evaluate import GSetting, draw_observations, select_rows
+    from cvae_pms.evaluate import (GSetting, evaluated_observations, parse_g_mags,
+                                   run_model_error, select_rows)
     from cvae_pms.grid.gridfile import open_grid
     from cvae_pms.train import split_indices
 
@@ -132,10 +138,20 @@ def main() -> None:
         theta, bp0, rp0 = grid.read(idx)
         meta = dict(grid.meta)
     tr = tuple(int(v) for v in a.transits.split(","))
-    obs = draw_observations(bp0, rp0, GSetting(a.g, a.g), tr, a.seed)
+    # the same draws as evaluate: the stream of --g's position in evaluate's --g-mag list,
+    # the model error at the true T_eff from the run's own term (without --run: the shipped one)
+    setting = GSetting(a.g, a.g)
+    g_settings = parse_g_mags(a.g_mag) if a.g_mag else [setting]
+    model_error = None
+    if a.run:
+        from cvae_pms.model.rundir import load_run
+        model_error = run_model_error(load_run(a.run))
+    obs = evaluated_observations(bp0, rp0, theta, g_settings, setting, tr, a.seed,
+                                 model_error=model_error)
     bp, rp, bp_cov, rp_cov = obs.bp, obs.rp, obs.bp_cov, obs.rp_cov
     k = min(a.k, theta.shape[0])
-    out = {"grid": str(Path(a.grid).resolve()), "g_mag": a.g, "transits": list(tr),
+    out = {"grid": str(Path(a.grid).resolve()), "g_mag": a.g,
+           "evaluate_g_mag": [s.label for s in g_settings], "transits": list(tr),
            "evaluate_seed": a.seed, "evaluate_n": a.n, "k": k, "rows": idx[:k].tolist(),
            "max_steps": a.max_steps}
     fisher_std = _fisher_forecast(meta, obs, theta)

@@ -2,7 +2,8 @@
 
 Writes the CSV (seven parameters inside the box, ``bp_coefficients``/``rp_coefficients`` as
 '(c0, c1, ...)' strings with sane, decaying random coefficients) into a temporary folder, runs
-the CLI in a subprocess and reports wall time and the subprocess's peak RSS.
+the CLI in a subprocess and reports wall time and the subprocess's peak RSS. Sizes are
+MiB (2^20 bytes; ru_maxrss is in KiB on Linux).
 
     python benchmarks/bench_ingest.py [--rows 160000] [--seed 0] [--keep DIR]
 """
@@ -70,8 +71,8 @@ def main() -> None:
         if proc.returncode != 0:
             sys.exit(f"ingest failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")
         print(proc.stdout.strip())
-        print(f"RESULT bench_ingest rows={args.rows} csv_mb={csv.stat().st_size / 2**20:.0f} "
-              f"grid_mb={out.stat().st_size / 2**20:.0f} csv_write_s={t_write:.1f} "
+        print(f"RESULT bench_ingest rows={args.rows} csv_mib={csv.stat().st_size / 2**20:.0f} "
+              f"grid_mib={out.stat().st_size / 2**20:.0f} csv_write_s={t_write:.1f} "
               f"ingest_s={t_ingest:.1f} rows_per_s={args.rows / t_ingest:.0f} "
               f"peak_rss_mib={peak_mib:.0f} cpus={os.cpu_count()} "
               f"machine={platform.machine()} date={dt.date.today().isoformat()}")

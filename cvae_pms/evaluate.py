@@ -172,6 +172,25 @@ def draw_observations(bp0: np.ndarray, rp0: np.ndarray, setting: GSetting,
                                                  model_error))
 
 
+def evaluated_observations(bp0: np.ndarray, rp0: np.ndarray, theta: np.ndarray,
+                           g_settings: Sequence[GSetting], setting: GSetting,
+                           transits: tuple[int, int], seed: int,
+                           model_error=None) -> HeldOutObservations:
+    """The observations ``evaluate --g-mag G1,G2,... --seed SEED`` makes of the rows with true
+    parameters ``theta`` (n, 7) and noise-free coefficients ``bp0, rp0`` for ``setting``: the
+    :func:`draw_observations` stream of ``setting``'s position in ``g_settings`` (the
+    de-duplicated ``--g-mag`` list), the model error drawn at the true T_eff from
+    ``model_error`` (:func:`run_model_error` of the run). Used by ``evaluate`` itself and by
+    ``benchmarks/bench_information_limit.py``, so both see the same noise draws."""
+    settings = list(dict.fromkeys(g_settings))
+    if setting not in settings:
+        raise EvaluationError(f"G setting {setting.label} is not among --g-mag "
+                              f"{','.join(s.label for s in settings)}")
+    return draw_observations(bp0, rp0, setting, transits, seed, settings.index(setting),
+                             teff=np.asarray(theta)[:, params.INDEX["teff"]],
+                             model_error=model_error)
+
+
 def parameter_table(samples: np.ndarray, truth: np.ndarray, sbc_bins: int = 20
                     ) -> tuple[dict[str, dict[str, float]], pp.PPResult, sbc.SBCResult]:
     """Per-parameter accuracy + calibration numbers of samples ``(n, S, 7)`` vs truth."""
@@ -286,8 +305,8 @@ def _evaluate_setting(run, idx: np.ndarray, theta: np.ndarray, bp0: np.ndarray,
                       log: Callable[[str], None]) -> tuple[dict, tuple]:
     """Simulate, sample and score one G setting; draws its figures."""
     t0 = time.perf_counter()
-    ob = draw_observations(bp0, rp0, setting, cfg.transits, cfg.seed, i,
-                           teff=theta[:, params.INDEX["teff"]], model_error=run_model_error(run))
+    ob = evaluated_observations(bp0, rp0, theta, cfg.g_settings, setting, cfg.transits,
+                                cfg.seed, model_error=run_model_error(run))
     g, nt, bp, rp, bp_cov, rp_cov = ob.g, ob.n_transits, ob.bp, ob.rp, ob.bp_cov, ob.rp_cov
     # Warm-up: trace the compiled feature and sampler functions outside the timing.
     run.sample(bp[:1], rp[:1], bp_cov[:1], rp_cov[:1], n_samples=cfg.samples, seed=0,

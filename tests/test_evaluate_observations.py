@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from cvae_pms import params
-from cvae_pms.evaluate import EvaluationError, GSetting, draw_observations, select_rows
+from cvae_pms.evaluate import (EvaluationError, GSetting, draw_observations,
+                               evaluated_observations, parse_g_mags, select_rows)
 
 from helpers_infer import WL_NM, standin_sed
 
@@ -55,3 +56,24 @@ def test_draw_observations_seeded_by_seed_and_index(coefficients):
 def test_draw_observations_reports_bad_input_as_evaluation_error():
     with pytest.raises(EvaluationError, match="simulating observations"):
         draw_observations(np.zeros((2, 55)), np.zeros((2, 55)), GSetting(15, 15), (15, 80), 0)
+
+
+def test_evaluated_observations_use_the_position_in_the_g_mag_list(coefficients):
+    """evaluate --g-mag 12,15,17 draws G 17 from stream index 2 (model error at the true
+    T_eff): what bench_information_limit.py reproduces; index 0 would be other noise."""
+    bp0, rp0 = coefficients
+    theta = params.from_unit(np.random.default_rng(0).uniform(size=(6, params.N_PARAMS)))
+    settings = parse_g_mags(["12,15", "17"])
+    g17 = GSetting(17.0, 17.0)
+    got = evaluated_observations(bp0, rp0, theta, settings, g17, (15, 80), seed=4)
+    want = draw_observations(bp0, rp0, g17, (15, 80), seed=4, index=2,
+                             teff=theta[:, params.INDEX["teff"]])
+    first = draw_observations(bp0, rp0, g17, (15, 80), seed=4, index=0,
+                              teff=theta[:, params.INDEX["teff"]])
+    for f in ("g", "n_transits", "bp", "rp", "bp_cov", "rp_cov"):
+        np.testing.assert_array_equal(getattr(got, f), getattr(want, f))
+    assert not np.array_equal(got.bp, first.bp)
+    alone = evaluated_observations(bp0, rp0, theta, [g17], g17, (15, 80), seed=4)
+    np.testing.assert_array_equal(alone.bp, first.bp)
+    with pytest.raises(EvaluationError, match="not among --g-mag 12,15,17"):
+        evaluated_observations(bp0, rp0, theta, settings, GSetting(13.0, 13.0), (15, 80), 4)

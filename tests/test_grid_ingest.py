@@ -181,6 +181,34 @@ def test_drop_invalid_counts(tmp_path):
         assert sum(g.meta["ingest"]["rows_dropped"].values()) == 5
 
 
+@pytest.mark.parametrize("fmt", ["csv-columns", "parquet", "fits"])
+def test_duplicates_across_chunk_boundaries(tmp_path, fmt):
+    """Chunks of 8 rows: duplicates within a chunk (9 of 8), across adjacent chunks (16 of 15),
+    far apart (20 and 33 of 3), and -0.0 vs 0.0 (37 of 5) are all found; a row repeating the
+    parameters of a row dropped for another reason (30 of 24, bad spectrum) is the first valid
+    occurrence and is kept."""
+    p, bp, rp = _data()
+    p[5, P.INDEX["a0"]] = 0.0
+    for dup, orig in ((9, 8), (16, 15), (20, 3), (33, 3), (37, 5), (30, 24)):
+        p[dup] = p[orig]
+    p[37, P.INDEX["a0"]] = -0.0
+    bp[24, 7] = np.inf
+    src = tmp_path / FORMATS[fmt]
+    _write(fmt, src, p, bp, rp)
+    rep = ingest_table(src, tmp_path / "g.h5", drop_invalid=True, chunk_size=8)
+    dup_key = "duplicating an earlier parameter vector"
+    assert rep.rows_read == N and rep.rows_dropped[dup_key] == 5
+    assert rep.rows_written == N - 6
+    keep = np.setdiff1d(np.arange(N), [9, 16, 20, 33, 37, 24])
+    with open_grid(tmp_path / "g.h5") as g:
+        np.testing.assert_array_equal(g.params, p[keep])
+        assert len(np.unique(g.params, axis=0)) == g.params.shape[0]
+    with pytest.raises(IngestError, match=r"5 rows duplicating an earlier parameter vector "
+                                          r"\(rows 9, 16, 20, 33, 37\)"):
+        ingest_table(src, tmp_path / "h.h5", chunk_size=8)
+    assert not (tmp_path / "h.h5").exists()
+
+
 def _fails(tmp_path, src, *extra, match: str) -> None:
     out = tmp_path / "out" / "g.h5"
     out.parent.mkdir(exist_ok=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import h5py
 import numpy as np
@@ -235,6 +236,25 @@ def test_prior_end_to_end_cli(tmp_path, lum_run):
     for i in range(6):
         raw = {tuple(v) for v in post.samples_raw[i]}
         assert all(tuple(v) in raw for v in post.samples[i])
+    # The weights, recomputed here from the raw samples and the prior's stated density
+    # N(4000 K, 30 K): ESS = 1 / sum(w^2); the resampled mean is the importance-weighted mean
+    # within its Monte Carlo error (<= sqrt(var_w / S) for multinomial resampling, less for
+    # systematic: 4 of those, plus float32 rounding), and the prior pulls T_eff toward 4000 K.
+    teff_raw = post.samples_raw[:, :, 0].astype(np.float64)
+    ok = np.isfinite(teff_raw).all(axis=1)
+    assert ok.sum() >= 4
+    log_w = -0.5 * ((teff_raw[ok] - 4000.0) / 30.0) ** 2
+    w = np.exp(log_w - log_w.max(axis=1, keepdims=True))
+    w /= w.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(post.ess[ok], 1.0 / np.square(w).sum(axis=1), rtol=1e-4)
+    mean_w = (w * teff_raw[ok]).sum(axis=1)
+    sd_w = np.sqrt((w * (teff_raw[ok] - mean_w[:, None]) ** 2).sum(axis=1))
+    mean_res = post.samples[ok, :, 0].astype(np.float64).mean(axis=1)
+    np.testing.assert_array_less(np.abs(mean_res - mean_w), 4 * sd_w / np.sqrt(64) + 0.5)
+    far = np.abs(teff_raw[ok].mean(axis=1) - 4000.0)
+    assert (far > 100).sum() >= 3, far
+    moved = np.abs(mean_res - 4000.0)
+    assert (moved[far > 100] < far[far > 100]).all(), (moved, far)
     with h5py.File(out) as f:
         assert json.loads(f.attrs["prior"])["name"] == "narrow teff"
     summary = pf.read_summary(tmp_path / "s.ecsv")
@@ -248,6 +268,67 @@ def test_prior_end_to_end_cli(tmp_path, lum_run):
     assert r2.exit_code == 1 and "prior" in r2.output
     with pytest.raises(InferError, match="--keep-raw"):
         infer(lum_run, [obs], tmp_path / "q.h5", keep_raw=True, progress=False)
+
+
+def _obs_plx(path, plx, err, seed=3):
+    """Stand-in stars (G 13) with the given parallax columns, as an archive CSV."""
+    from cvae_pms.xp.archive import read_xp, write_xp_table
+    n = len(plx)
+    b = read_xp(h.write_observations(path, h_theta(n, seed=4), np.full(n, 13.0), seed=seed))
+    write_xp_table(path, {"source_id": b.source_id, "bp_coefficients": b.bp_coefficients,
+                          "rp_coefficients": b.rp_coefficients, "bp_covariance": b.bp_covariance,
+                          "rp_covariance": b.rp_covariance,
+                          "extra": {"parallax": np.asarray(plx, float),
+                                    "parallax_error": np.asarray(err, float)}})
+    return path
+
+
+def test_parallax_zero_point_and_min_over_error_end_to_end(tmp_path, lum_run):
+    """The zero point is the model's luminosity.zero_point_mas unless --parallax-zero-point
+    overrides it; it is ADDED to the parallax before the S/N cut (--min-parallax-over-error).
+
+    Parallaxes 20, 2.4, 2.6, 20 mas with errors 0.5 mas: S/N 40, 4.8, 5.2, 40."""
+    plx, err = np.array([20.0, 2.4, 2.6, 20.0]), np.full(4, 0.5)
+    obs = _obs_plx(tmp_path / "obs.csv", plx, err)
+
+    def run_cli(run, out, *extra):
+        r = CliRunner().invoke(main, ["infer", str(run), str(obs), "--out", str(tmp_path / out),
+                                      "--samples", "32", "--quiet", *extra])
+        assert r.exit_code == 0, r.output
+        post = pf.read_posterior(tmp_path / out)
+        return post, ((post.status & pf.FLAG_NO_PARALLAX) > 0).tolist()
+
+    base, no_plx = run_cli(lum_run, "base.h5")                      # model zero point 0
+    assert base.attrs["parallax_zero_point_mas"] == 0.0
+    assert base.attrs["min_parallax_over_error"] == 5.0 and no_plx == [False, True, False, False]
+    assert "parallax/error 4.8 < 5" in base.message[1]
+
+    lo, no_plx = run_cli(lum_run, "lo.h5", "--min-parallax-over-error", "4.5")
+    assert lo.attrs["min_parallax_over_error"] == 4.5 and no_plx == [False] * 4
+    assert not np.array_equal(lo.samples[1], base.samples[1])         # its parallax now used
+    np.testing.assert_array_equal(lo.samples[[0, 2, 3]], base.samples[[0, 2, 3]])
+    _, no_plx = run_cli(lum_run, "hi.h5", "--min-parallax-over-error", "5.5")
+    assert no_plx == [False, True, True, False]
+
+    # a copy of the model whose config says zero_point_mas = -0.2 mas
+    zp_run = tmp_path / "zp_run"
+    shutil.copytree(lum_run, zp_run)
+    cfg = json.loads((zp_run / "config.json").read_text())
+    assert cfg["luminosity"]["zero_point_mas"] == 0.0
+    cfg["luminosity"]["zero_point_mas"] = -0.2
+    (zp_run / "config.json").write_text(json.dumps(cfg))
+    zp, no_plx = run_cli(zp_run, "zp.h5")
+    assert zp.attrs["parallax_zero_point_mas"] == pytest.approx(-0.2)
+    assert no_plx == [False, True, True, False]                       # 2.6 - 0.2 = 2.4 mas
+    assert "parallax/error 4.8 < 5" in zp.message[2]
+    # the same as the zero-point-free model given parallaxes - 0.2 mas, sample for sample
+    shifted = _obs_plx(tmp_path / "shifted.csv", plx - 0.2, err)
+    ref = infer(lum_run, [shifted], tmp_path / "shifted.h5", n_samples=32, progress=False)
+    np.testing.assert_array_equal(zp.samples, pf.read_posterior(ref.out).samples)
+    # --parallax-zero-point overrides the model's value
+    over, no_plx = run_cli(zp_run, "over.h5", "--parallax-zero-point", "0.0")
+    assert over.attrs["parallax_zero_point_mas"] == 0.0 and no_plx == [False, True, False, False]
+    np.testing.assert_array_equal(over.samples, base.samples)
 
 
 def test_lum_recipe_is_cpu_quick_with_the_channel_on():

@@ -10,7 +10,7 @@ import tensorflow_probability as tfp
 
 from cvae_pms.diagnostics import metrics
 from cvae_pms.model.cvae import (DECODER_LOGVAR, LATENT_LOGVAR, Annealing, bounded, cvae_terms,
-                                 prior_distribution)
+                                 prior_distribution, training_loss)
 from cvae_pms.model.networks import NetworkConfig, build_networks, whitening_matrix
 from cvae_pms.model.sampler import PosteriorSampler, truncated_normal_icdf
 
@@ -124,6 +124,50 @@ def test_monte_carlo_kl_matches_closed_form_for_one_component():
     exact = float(tf.reduce_mean(tfp.distributions.kl_divergence(q, p)))
     assert np.mean(kls) == pytest.approx(exact, rel=0.05)
     assert exact > 0
+
+
+def _grads_by_part(net, loss_fn):
+    """Gradients of ``loss_fn()`` grouped by network part (trunk, r1, q, r2): None -> zeros."""
+    with tf.GradientTape() as tape:
+        loss = loss_fn()
+    grads = tape.gradient(loss, net.trainable_variables)
+    out: dict[str, list[np.ndarray]] = {"trunk": [], "r1": [], "q": [], "r2": []}
+    for v, g in zip(net.trainable_variables, grads):
+        part = v.path.split("/")[-2].split("_")[0]
+        out[part].append(np.zeros(v.shape) if g is None else g.numpy())
+    return out
+
+
+def test_prior_warmup_term_reaches_only_r1():
+    """The warm-up term -log r1(stop_gradient(z_q)|y) trains the prior network (r1 head and the
+    trunk r1 reads its input from) and nothing of q or r2; so at beta = 0 q and r2 see H only,
+    while r1 gets exactly the r1-part of the KL gradient."""
+    net = build_networks(NetworkConfig(**SMALL), seed=2)
+    y = tf.random.normal((64, 20), seed=11)
+    x = tf.random.uniform((64, 7), seed=12)
+    seed = tf.constant([3, 4])
+
+    warm = _grads_by_part(net, lambda: cvae_terms(net, y, x, seed, with_prior_fit=True)[2])
+    leaks = {p: sum(np.count_nonzero(g) for g in warm[p]) for p in ("q", "r2")}
+    assert leaks == {"q": 0, "r2": 0}, f"warm-up term gradient reaches q/r2: {leaks}"
+    assert all(np.count_nonzero(g) > 0 for g in warm["r1"]) and len(warm["r1"]) >= 4
+    assert any(np.count_nonzero(g) > 0 for g in warm["trunk"])  # shared with r1 (its input)
+
+    def objective(beta):
+        def f():
+            h_loss, kl, fit = cvae_terms(net, y, x, seed, with_prior_fit=True)
+            return training_loss(h_loss, kl, fit, tf.constant(beta), prior_warmup=True)
+        return f
+
+    at0 = _grads_by_part(net, objective(0.0))
+    h_only = _grads_by_part(net, lambda: cvae_terms(net, y, x, seed)[0])
+    kl_only = _grads_by_part(net, lambda: cvae_terms(net, y, x, seed)[1])
+    for part in ("q", "r2"):
+        for a, b in zip(at0[part], h_only[part]):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    for a, b in zip(at0["r1"], kl_only["r1"]):  # H does not reach r1: its gradient is the KL's
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    assert any(np.count_nonzero(g) > 0 for g in kl_only["q"])  # the KL itself does reach q
 
 
 def test_loss_terms_finite_with_targets_on_the_bounds():

@@ -193,6 +193,7 @@ class _Killed(Exception):
     pass
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("whiten", [0, 16])
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(workdir, tmp_path, whiten):
     """Also with the PCA-whitening input projection, which must come back from the checkpoint
@@ -217,7 +218,9 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(workdir, tmp_path
                 noise_model=NOISE, log=lambda s: None)
     assert out.epochs_run == 1
     ha, hb = (read_history(tmp_path / k / "history.csv") for k in "ab")
-    np.testing.assert_allclose([r["H"] for r in hb], [r["H"] for r in ha], rtol=1e-4)
+    # bit-identical on CPU (stateless noise seeds, deterministic kernels): no tolerance
+    for key in ("H", "KL", "val_H", "val_KL"):
+        np.testing.assert_array_equal([r[key] for r in hb], [r[key] for r in ha], err_msg=key)
 
     def weights(path):
         with h5py.File(path, "r") as f:
@@ -228,7 +231,7 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(workdir, tmp_path
     wa, wb = weights(tmp_path / "a" / "model.weights.h5"), weights(tmp_path / "b" / "model.weights.h5")
     assert len(wa) == len(wb) > 10
     for a, b in zip(wa, wb):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+        np.testing.assert_array_equal(a, b)
     if whiten:
         net = load_run(tmp_path / "b").net
         kernel = net.whiten_layer.kernel.numpy()
@@ -243,6 +246,57 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(workdir, tmp_path
     with pytest.raises(TrainingError, match="different config"):
         train(workdir / "toy.h5", cfg, tmp_path / "b", resume=True, noise_model=NOISE,
               overrides=RESUME_SET + ["training.learning_rate=0.5"])
+
+
+ES_SET = ["training.epochs=12", "training.steps_per_epoch=3", "annealing.start=0",
+          "annealing.end=1", "training.standardisation_rows=512",
+          "training.learning_rate=0.003", "training.lr_schedule='constant'",
+          "training.early_stopping_patience=2"]  # stops at epoch 9 (val_L: ... 0.15, 0.65, 0.65)
+
+
+def _weights(path):
+    import h5py
+    with h5py.File(path, "r") as f:
+        out = []
+        f.visititems(lambda n, o: out.append(o[()]) if isinstance(o, h5py.Dataset) else None)
+        return out
+
+
+@pytest.mark.slow
+def test_resume_after_annealing_during_early_stopping(workdir, tmp_path):
+    """Killed after annealing with one non-improving epoch on the early-stopping counter:
+    the resumed run stops at the same epoch as the uninterrupted one, with the same (best)
+    weights, bit for bit. A resume that forgot best_val_L / bad_epochs would run longer or
+    keep other weights."""
+    cfg = workdir / "tiny.toml"
+    a = train(workdir / "toy.h5", cfg, tmp_path / "a", overrides=ES_SET, noise_model=NOISE,
+              log=lambda s: None)
+    ha = read_history(tmp_path / "a" / "history.csv")
+    stop = ha[-1]["epoch"]
+    assert a.stop_reason.startswith("early stopping") and stop < 11, (a.stop_reason, stop)
+    # patience 2: epochs stop - 1 and stop did not improve val_L; kill while epoch `stop` ends
+    # (before its checkpoint), so the resume starts from a checkpoint with bad_epochs = 1
+    assert stop - 1 > 1  # after annealing (end = 1)
+
+    def kill(line: str) -> None:
+        if line.startswith(f"epoch {stop:4d}"):
+            raise _Killed(line)
+
+    with pytest.raises(_Killed):
+        train(workdir / "toy.h5", cfg, tmp_path / "b", overrides=ES_SET, noise_model=NOISE,
+              log=kill)
+    assert len(read_history(tmp_path / "b" / "history.csv")) == stop
+    b = train(workdir / "toy.h5", cfg, tmp_path / "b", overrides=ES_SET, resume=True,
+              noise_model=NOISE, log=lambda s: None)
+    assert b.epochs_run == 1 and b.stop_reason == a.stop_reason
+    hb = read_history(tmp_path / "b" / "history.csv")
+    assert [r["epoch"] for r in hb] == [r["epoch"] for r in ha]
+    for key in ("H", "KL", "val_H", "val_KL"):
+        np.testing.assert_array_equal([r[key] for r in hb], [r[key] for r in ha], err_msg=key)
+    wa, wb = (_weights(tmp_path / k / "model.weights.h5") for k in "ab")
+    assert len(wa) == len(wb) > 10
+    for x, y in zip(wa, wb):
+        np.testing.assert_array_equal(x, y)
 
 
 def test_non_finite_loss_stops_with_a_checkpoint_and_message(workdir, tmp_path):
