@@ -7,8 +7,9 @@
 ``RUN`` is a model trained on a built-in grid (``grid.json`` names it; the grid must exist).
 Simulates ``--n`` noisy archive observations of test-split stars of that grid (``cvae-pms
 simulate``, G uniform in ``--g-mag``, model error included), then runs ``infer`` end to end on
-them twice, with and without the check (same model, already loaded; first run discarded as
-warm-up), and reports sources/s of both, their ratio, the fraction flagged ``poor_fit`` at
+them with and without the check, alternating ``--repeats`` times (same model, already loaded;
+a first run discarded as warm-up; the fastest of each kept, as the CPU may be shared), and
+reports sources/s of both, their ratio, the fraction flagged ``poor_fit`` at
 the shipped threshold (in distribution: the issue's budget is <= 2 %), the fraction with
 ``gof_p < 0.05`` and the ``gof_chi2_red`` percentiles.
 """
@@ -32,6 +33,7 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=1000)
     ap.add_argument("--g-mag", default="12:17")
     ap.add_argument("--seed", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", default="benchmarks/out/bench_gof.json")
     a = ap.parse_args()
     from cvae_pms import posterior_file as pf
@@ -49,12 +51,14 @@ def main() -> None:
              "--seed", str(a.seed), "--out", str(obs)], standalone_mode=False)
         infer(a.run, [obs], Path(tmp) / "warm.h5", n_samples=a.samples, model=model,
               progress=False)
-        times = {}
-        for gof in (False, True):
-            t0 = time.perf_counter()
-            infer(a.run, [obs], Path(tmp) / f"p{int(gof)}.h5", n_samples=a.samples,
-                  model=model, progress=False, gof=gof)
-            times[gof] = time.perf_counter() - t0
+        times = {False: [], True: []}
+        for _ in range(a.repeats):      # alternate, keep the fastest of each (shared CPUs)
+            for gof in (False, True):
+                t0 = time.perf_counter()
+                infer(a.run, [obs], Path(tmp) / f"p{int(gof)}.h5", n_samples=a.samples,
+                      model=model, progress=False, gof=gof, overwrite=True)
+                times[gof].append(time.perf_counter() - t0)
+        times = {k: min(v) for k, v in times.items()}
         post = pf.read_posterior(Path(tmp) / "p1.h5", samples=False)
     ok = np.isfinite(post.gof_chi2_red)
     chi, p = post.gof_chi2_red[ok], post.gof_p[ok]

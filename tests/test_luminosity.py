@@ -185,7 +185,11 @@ def test_infer_bad_parallaxes_flagged_never_a_crash(tmp_path, lum_run):
     assert res.n_no_parallax == 4
     assert "parallax 15" not in post.message[4] and "-1 mas <= 0" in post.message[4]
     assert "missing or NaN" in post.message[2] and "< 5" in post.message[3]
-    assert post.message[0] == "" and post.message[5] == ""
+    # good rows carry only the note that the stand-in grid allows no goodness-of-fit check
+    note = post.attrs["gof_note"]
+    assert "goodness of fit not computed" in note
+    assert post.message[0] == note and post.message[5] == note
+    assert post.message[4].endswith(note) and "-1 mas" in post.message[4]
     with h5py.File(res.out) as f:
         assert int(f.attrs["luminosity"]) == 1 and f.attrs["astrometry"].endswith("astro.ecsv")
     # the missing-parallax posterior is the spectrum-only one: same as giving no parallax at all
