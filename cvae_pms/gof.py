@@ -29,10 +29,13 @@ Reported per source:
 The ``poor_fit`` flag is set where ``gof_chi2_red`` exceeds the threshold of
 ``cvae_pms/data/gof_threshold.json`` (written by ``scripts/calibrate_gof_threshold.py``: the
 quantile of ``gof_chi2_red`` on the calibration part of the real APOGEE x XP stars at which
-~1.5 % are flagged; ``infer --poor-fit-threshold`` overrides it).
+~1.5 % are flagged); a model dir's own ``RUN/gof_threshold.json`` (the same script with
+``--out RUN/gof_threshold.json``) takes precedence, and ``infer --poor-fit-threshold`` over both.
 
 Runs trained on an ingested grid have no forward model: no check (NaN, reason in ``message``).
-A grid made with per-star slab nuisance draws is checked with the slab at its fixed values.
+A grid with per-star R_V draws is checked with R_V profiled (each draw's discrepancy minimised
+over :data:`N_PROFILE` R_V values across the range); per-star slab draws are checked with the
+slab at its fixed values.
 """
 from __future__ import annotations
 
@@ -40,7 +43,7 @@ import functools
 import json
 from dataclasses import dataclass
 from importlib import resources
-from typing import Callable
+from pathlib import Path
 
 import numpy as np
 from scipy import stats
@@ -90,24 +93,52 @@ def _calibration() -> np.ndarray:
 
 def default_threshold() -> dict:
     """The shipped ``poor_fit`` threshold and its provenance (``gof_threshold.json``)."""
-    ref = resources.files("cvae_pms") / "data" / THRESHOLD_FILE
+    return _read_threshold(resources.files("cvae_pms") / "data" / THRESHOLD_FILE)
+
+
+def _read_threshold(ref) -> dict:
     try:
-        return json.loads(ref.read_text())
-    except (OSError, ValueError) as exc:
+        doc = json.loads(ref.read_text())
+        float(doc["chi2_red"])
+        return doc
+    except (OSError, ValueError, KeyError, TypeError) as exc:
         raise GofError(f"{ref}: cannot read the poor_fit threshold ({exc}); run "
                        "scripts/calibrate_gof_threshold.py") from exc
 
 
+#: R_V values profiled over for grids that draw R_V per star.
+N_PROFILE = 4
+
+
+def _nuisance_settings(meta: dict) -> list[dict]:
+    """Grid metas with one fixed R_V each: ``[meta]`` for fixed-R_V grids, else
+    :data:`N_PROFILE` values evenly across ``extinction.r_v_range``."""
+    fm = meta.get("forward_model") if isinstance(meta, dict) else None
+    fm = json.loads(fm) if isinstance(fm, str) else fm
+    ext = fm.get("extinction") if isinstance(fm, dict) else None
+    if not isinstance(ext, dict) or not ext.get("r_v_range"):
+        return [meta]
+    lo, hi = (float(v) for v in ext["r_v_range"])
+    out = []
+    for r_v in np.linspace(lo, hi, N_PROFILE):
+        e = {k: v for k, v in ext.items() if k != "r_v_range"}
+        e["r_v"] = float(r_v)
+        out.append({**meta, "forward_model": {**fm, "extinction": e}})
+    return out
+
+
 class PredictiveCheck:
     """The check for one model: ``sed`` (theta (n, 7) -> SED (n, m) on the PHOENIX table
-    wavelengths, any fixed distance), its ``model_error`` term, ``n_draws`` and the
+    wavelengths, any fixed distance; or a list of them, one per nuisance setting, over which
+    the discrepancy of each draw is minimised), its ``model_error`` term, ``n_draws`` and the
     ``threshold`` on ``gof_chi2_red`` for ``poor_fit``."""
 
-    def __init__(self, sed: Callable[[np.ndarray], np.ndarray], model_error,
-                 n_draws: int = N_DRAWS, threshold: float | None = None) -> None:
+    def __init__(self, sed, model_error, n_draws: int = N_DRAWS,
+                 threshold: float | None = None) -> None:
         if n_draws < 1:
             raise GofError(f"goodness of fit: n_draws must be >= 1, got {n_draws}")
-        self.sed = sed
+        self.seds = list(sed) if isinstance(sed, (list, tuple)) else [sed]
+        self.sed = self.seds[0]
         self.model_error = model_error
         self.n_draws = int(n_draws)
         self.threshold = (float(default_threshold()["chi2_red"]) if threshold is None
@@ -119,15 +150,21 @@ class PredictiveCheck:
     def for_run(cls, run, n_draws: int = N_DRAWS, threshold: float | None = None
                 ) -> tuple["PredictiveCheck | None", str]:
         """The check for a loaded model dir, or (None, why not) for runs whose grid has no
-        built-in forward model (ingested grids)."""
+        built-in forward model (ingested grids). Grids that draw R_V per star are checked
+        with R_V profiled over :data:`N_PROFILE` values across their range (the slab at its
+        fixed values). The threshold: ``threshold``, else ``RUN/gof_threshold.json`` (a
+        per-model calibration), else the shipped one."""
         from cvae_pms.evaluate import run_model_error
         from cvae_pms.physics.sed import ForwardModelUnavailable, sed_function
         meta = run.grid_info.get("meta", {}) if isinstance(run.grid_info, dict) else {}
         try:
-            sed = sed_function(meta, nuisance="fixed")
+            seds = [sed_function(m, nuisance="fixed") for m in _nuisance_settings(meta)]
         except ForwardModelUnavailable as exc:
             return None, f"goodness of fit not computed: {exc}"
-        return cls(sed, run_model_error(run), n_draws, threshold), ""
+        own = Path(run.path) / THRESHOLD_FILE
+        if threshold is None and own.is_file():
+            threshold = float(_read_threshold(own)["chi2_red"])
+        return cls(seds, run_model_error(run), n_draws, threshold), ""
 
     def draws(self, samples: np.ndarray) -> np.ndarray:
         """Indices (K,) of the samples used: ``K = min(n_draws, S)`` evenly spaced."""
@@ -169,7 +206,7 @@ class PredictiveCheck:
             b, k = idx.size, pick.size
             theta = samples[idx][:, pick].reshape(b * k, params.N_PARAMS)
             theta = np.clip(theta, params.BOUNDS[:, 0], params.BOUNDS[:, 1])
-            model = (self.sed(theta) @ op).reshape(b, k, -1)                 # (b, K, 343)
+            models = [(sed(theta) @ op).reshape(b, k, -1) for sed in self.seds]  # (b, K, 343)
             f = flux[idx]
             absf = np.abs(f)
             me_fac, me_var = _model_error_factors(me, teff[idx], absf, ME_RANK)
@@ -180,11 +217,14 @@ class PredictiveCheck:
             v = lowsq + diag                                                  # total variance
             v = np.where(v > 0, v, np.inf)
             inv = 1.0 / v
-            cross = np.matmul(model, (f * inv)[:, :, None])[..., 0]          # (b, K)
-            norm = np.matmul(model * model, inv[:, :, None])[..., 0]
-            s = cross / np.maximum(norm, 1e-300)
-            # T = sum f^2/v - 2 s sum f m/v + s^2 sum m^2/v, at the best s.
-            t = np.maximum(np.sum(f * f * inv, axis=1)[:, None] - s * cross, 0.0)
+            ff = np.sum(f * f * inv, axis=1)[:, None]
+            t = np.full((b, k), np.inf)
+            for model in models:      # nuisance settings: the best-fitting one per draw
+                cross = np.matmul(model, (f * inv)[:, :, None])[..., 0]      # (b, K)
+                norm = np.matmul(model * model, inv[:, :, None])[..., 0]
+                s = cross / np.maximum(norm, 1e-300)
+                # T = sum f^2/v - 2 s sum f m/v + s^2 sum m^2/v, at the best s.
+                t = np.minimum(t, np.maximum(ff - s * cross, 0.0))
             npix = f.shape[1]
             # ||V^-1/2 Sigma V^-1/2||_F^2 with Sigma = L L^T + diag(d) (float32 gram):
             lw = low * np.sqrt(inv).astype(np.float32)[:, :, None]           # V^-1/2 L

@@ -111,6 +111,27 @@ def test_sampled_and_coefficient_routes_agree(check, observed):
     assert np.median(a.dof) < np.median(b.dof)
 
 
+def test_r_v_profiled_for_grids_that_draw_r_v(check, observed):
+    # a star observed through R_V = 5.5: a check fixed at R_V 3.1 sees a bad fit, the check
+    # of a grid with R_V drawn in 2.5-5.5 (profiled over 4 values) does not
+    _, theta, _ = observed
+    meta = {"forward_model": forward_model_meta(r_v_range=(2.5, 5.5))}
+    settings = gof._nuisance_settings(meta)
+    assert [m["forward_model"]["extinction"]["r_v"] for m in settings] == [2.5, 3.5, 4.5, 5.5]
+    assert gof._nuisance_settings({"forward_model": forward_model_meta()}) == [
+        {"forward_model": forward_model_meta()}]
+    dusty = theta.copy()
+    dusty[:, P.INDEX["a0"]] = 3.0
+    sed55 = sed_function({"forward_model": forward_model_meta(r_v=5.5)})
+    flux = sed55(dusty) @ gof._flux_operator()
+    err = 0.005 * np.abs(flux) + 1e-3 * np.median(np.abs(flux), axis=1, keepdims=True)
+    fixed = check.sampled(_at_truth(dusty), flux, err)
+    prof = gof.PredictiveCheck([sed_function(m) for m in settings], check.model_error, 4,
+                               3.0).sampled(_at_truth(dusty), flux, err)
+    assert np.median(prof.chi2_red) < 0.2 * np.median(fixed.chi2_red)
+    assert np.median(prof.chi2_red) < 1.5
+
+
 def test_bad_rows_and_options(check):
     samples = np.full((2, 4, P.N_PARAMS), np.nan)
     res = check.sampled(samples, np.ones((2, 343)), np.ones((2, 343)))
@@ -161,6 +182,12 @@ def test_infer_end_to_end_flags_and_columns(grid, observed, tmp_path):
     with h5py.File(tmp_path / "n.h5") as f:
         assert "gof_chi2_red" not in f and int(f.attrs["gof_draws"]) == 0
         assert not np.any(f["status"][:] & pf.FLAG_POOR_FIT)
+    # a model dir's own calibrated threshold takes precedence over the shipped one
+    (run / "gof_threshold.json").write_text('{"chi2_red": 3.25}')
+    res = CliRunner().invoke(main, ["infer", str(run), str(obs), "--out", str(tmp_path / "o.h5"),
+                                    "--samples", "64", "--quiet", "--gof-draws", "8"])
+    assert res.exit_code == 0, res.output
+    assert pf.read_posterior(tmp_path / "o.h5", samples=False).attrs["gof_threshold"] == 3.25
     res = CliRunner().invoke(main, ["infer", str(run), str(obs), "--out", str(out),
                                     "--samples", "64", "--quiet", "--resume",
                                     "--gof-draws", "16", "--poor-fit-threshold", "2.0"])
