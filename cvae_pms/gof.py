@@ -157,6 +157,11 @@ class PredictiveCheck:
         from cvae_pms.evaluate import run_model_error
         from cvae_pms.physics.sed import ForwardModelUnavailable, sed_function
         meta = run.grid_info.get("meta", {}) if isinstance(run.grid_info, dict) else {}
+        fm = meta.get("forward_model") if isinstance(meta, dict) else None
+        fm = json.loads(fm) if isinstance(fm, str) and fm.strip().startswith("{") else fm
+        if not (isinstance(fm, dict) and "accretion" in fm):
+            return None, ("goodness of fit not computed: the training grid records no built-in "
+                          "forward model (ingested grid?)")
         try:
             seds = [sed_function(m, nuisance="fixed") for m in _nuisance_settings(meta)]
         except ForwardModelUnavailable as exc:

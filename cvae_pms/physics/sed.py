@@ -308,7 +308,7 @@ def sed_function(meta: dict, nuisance: str = "refuse"):
             fm = json.loads(fm)
         except ValueError:
             fm = None
-    if not isinstance(fm, dict) or "accretion" not in fm:
+    if not isinstance(fm, dict):
         raise ForwardModelUnavailable("the training grid records no built-in forward model "
                                       "(ingested grid?)")
     try:
