@@ -801,8 +801,10 @@ def _check_resume_settings(path: Path, attrs: dict, keep_raw: bool) -> None:
             same = (str(have) == str(want) if isinstance(want, str)
                     else (np.isnan(float(have)) and np.isnan(want)) or float(have) == want)
             if not same:
+                hint = (" (rerun with the same --gof/--no-gof, --gof-draws and "
+                        "--poor-fit-threshold)" if key.startswith("gof_") else "")
                 raise pf.PosteriorFileError(f"made with {key} = {have!r}, this run uses "
-                                            f"{want!r}; use another --out")
+                                            f"{want!r}; use another --out{hint}")
         has_raw = "samples_raw" in f
     if has_raw != bool(keep_raw):
         raise pf.PosteriorFileError(f"made {'with' if has_raw else 'without'} --keep-raw; "
