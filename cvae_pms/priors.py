@@ -469,9 +469,16 @@ def _settings(table: Any, where: str) -> PriorSettings:
                          ess_min_fraction=fraction, seed=seed, resample=resample)
 
 
+#: Shipped example priors (package data): ``--prior chabrier-imf`` finds them by name.
+PRIOR_DIR = Path(__file__).resolve().parent / "recipes" / "priors"
+
+
 def load_prior(path: str | os.PathLike) -> Prior:
-    """Read and validate a prior file (TOML). Raises :class:`PriorError` naming the file."""
+    """Read and validate a prior file (TOML): a path, or the name of a shipped prior
+    (:data:`PRIOR_DIR`, e.g. ``chabrier-imf``). Raises :class:`PriorError` naming the file."""
     p = Path(path)
+    if not p.is_file() and (PRIOR_DIR / f"{p.name}.toml").is_file() and p.parent == Path("."):
+        p = PRIOR_DIR / f"{p.name}.toml"
     try:
         with open(p, "rb") as f:
             data = tomllib.load(f)

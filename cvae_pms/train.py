@@ -55,7 +55,8 @@ DEFAULT_CONFIG: dict = {
 RESUMABLE_KEYS = ("training.epochs", "training.early_stopping_patience")
 HISTORY_COLUMNS = ("epoch", "beta", "H", "KL", "L", "val_H", "val_KL", "lr", "time_s",
                    "samples_per_s")
-RECIPE_DIR = Path(__file__).resolve().parents[1] / "training"
+#: Shipped recipes (package data, so ``--config cpu-quick`` works after any install).
+RECIPE_DIR = Path(__file__).resolve().parent / "recipes"
 
 
 class TrainingError(CvaePmsError):
@@ -113,7 +114,8 @@ def resolve_config(user: dict, overrides: tuple[str, ...] | list[str] = (),
 
 def load_config(config: str | Path, overrides: tuple[str, ...] | list[str] = ()
                 ) -> tuple[dict, str]:
-    """Read a TOML recipe (a path, or a name in ``training/``) -> (resolved config, TOML text).
+    """Read a TOML recipe (a path, or a name in ``cvae_pms/recipes/``) -> (resolved config,
+    TOML text).
 
     A recipe may start from another one with a top-level ``base = "cpu-quick"`` (name or
     path); its own tables then override the base's values key by key. The returned text is

@@ -13,7 +13,7 @@ from cvae_pms import params
 from cvae_pms.priors import (CHABRIER_FORMS, Prior, PriorError, chabrier_imf_pdf, load_prior,
                              prior_from_dict, reweight)
 
-PRIOR_DIR = Path(__file__).resolve().parents[1] / "training" / "priors"
+from cvae_pms.priors import PRIOR_DIR  # noqa: E402  (the shipped examples)
 TEFF = params.INDEX["teff"]
 
 

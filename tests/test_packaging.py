@@ -1,0 +1,45 @@
+"""Recipes, priors and calibration files are package data: they resolve by name from an
+installed (non-editable) wheel, not from the source tree."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_recipes_and_priors_resolve_by_name_from_the_package():
+    import cvae_pms
+    from cvae_pms.priors import PRIOR_DIR, load_prior
+    from cvae_pms.train import RECIPE_DIR, load_config
+    pkg = Path(cvae_pms.__file__).parent
+    assert RECIPE_DIR.parent == pkg and PRIOR_DIR.parent == RECIPE_DIR   # not the source tree
+    cfg, text = load_config("cpu-quick")
+    assert cfg["training"]["epochs"] == 30 and "cpu-quick" in text
+    lum, _ = load_config("cpu-quick-lum")                 # base = "cpu-quick" by name
+    assert lum["luminosity"]["enabled"] and lum["training"]["epochs"] == 30
+    assert "chabrier" in load_prior("chabrier-imf").to_dict()["source"]
+    from cvae_pms.priors import PriorError
+    with pytest.raises(PriorError, match="not found"):
+        load_prior("no-such-prior")
+
+
+@pytest.mark.slow
+def test_the_wheel_carries_recipes_priors_and_calibration_files(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps",
+                          "--no-build-isolation", "-q", "-w", str(tmp_path)],
+                         capture_output=True, text=True, cwd=tmp_path)
+    if res.returncode != 0 and "No module named" in res.stderr:
+        pytest.skip(f"cannot build a wheel here: {res.stderr.strip()[-200:]}")
+    assert res.returncode == 0, res.stderr
+    (wheel,) = tmp_path.glob("cvae_pms-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for f in ("cvae_pms/recipes/cpu-quick.toml", "cvae_pms/recipes/cpu-quick-lum.toml",
+              "cvae_pms/recipes/cpu-full.toml", "cvae_pms/recipes/priors/chabrier-imf.toml",
+              "cvae_pms/data/gof_threshold.json", "cvae_pms/data/model_error.npz",
+              "cvae_pms/data/photosphere_correction.npz"):
+        assert f in names, f
