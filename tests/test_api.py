@@ -86,3 +86,19 @@ def test_sampled_arrays_and_bad_input(setup):
         post.sample(3, n=5)
     with pytest.raises(ApiError, match="n must be"):
         post.sample(obs, n=0)
+
+
+def test_a_moved_model_dir_without_its_grid_gives_the_same_samples(setup, tmp_path):
+    # the model dir is self-contained for inference: copied elsewhere with the training grid
+    # gone, it loads (OOD index from ood.npz, no grid access) and gives identical samples
+    import shutil
+    run, obs, cli = setup
+    moved = shutil.copytree(run, tmp_path / "elsewhere" / "run")
+    grid = run.parent / "grid.h5"
+    hidden = grid.rename(grid.with_suffix(".hidden"))
+    try:
+        res = cvae_pms.load(moved).sample(obs, n=40, seed=7)
+    finally:
+        hidden.rename(grid)
+    np.testing.assert_array_equal(res.samples, cli.samples)
+    np.testing.assert_array_equal(res.status, cli.status)
