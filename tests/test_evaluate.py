@@ -172,3 +172,34 @@ def test_information_limit_is_skipped_for_a_grid_the_builtin_model_cannot_make(t
     res = _information_limit(model, theta, obs, {}, GSetting(15.0, 15.0), cfg, messages.append)
     assert "skipped" in res and "does not reproduce" in res["skipped"]
     assert any("information limit skipped" in m for m in messages)
+
+
+def test_evaluate_and_infer_give_the_same_samples(tiny_run):
+    """One sampler: evaluate keys each test star on (--seed + the G's position, grid row), so
+    infer on the same observation with source_id = grid row and that seed reproduces it."""
+    from cvae_pms.evaluate import evaluated_observations, run_model_error
+    from cvae_pms.grid.gridfile import open_grid
+    from cvae_pms.infer import infer_batch, load_model
+    from cvae_pms.xp.archive import XPBatch
+    tmp, grid, run = tiny_run
+    out = tmp / "eval_same"
+    r = CliRunner().invoke(main, ["evaluate", str(run), "--grid", str(grid), "--n", "12",
+                                  "--g-mag", "13,15", "--samples", "60", "--seed", "5",
+                                  "--no-baseline", "--no-fisher", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    model = load_model(run)
+    for i, g in enumerate((13.0, 15.0)):
+        pred = Table.read(out / f"predictions_{g:g}.csv")
+        rows = np.asarray(pred["grid_row"], np.int64)
+        with open_grid(grid) as gf:
+            theta, bp0, rp0 = gf.read(rows)
+        settings = [GSetting(13.0, 13.0), GSetting(15.0, 15.0)]
+        ob = evaluated_observations(bp0, rp0, theta, settings, settings[i], (15, 80), 5,
+                                    model_error=run_model_error(model.run))
+        n = len(rows)
+        batch = XPBatch(rows, ob.bp, ob.rp, ob.bp_cov, ob.rp_cov, np.full(n, 55), np.full(n, 55),
+                        np.ones(n, bool), np.array([""] * n, dtype=object), {}, "eval")
+        chunk = infer_batch(model, batch, 60, seed=5 + i)
+        med = np.median(chunk.samples.astype(np.float64), axis=1)
+        for k, p in enumerate(params.NAMES):
+            np.testing.assert_allclose(pred[f"{p}_median"], med[:, k], rtol=1e-6)
