@@ -43,8 +43,8 @@ SETS = {
 def edited_meta(meta: dict, edits: dict) -> dict:
     """The run's grid meta with extinction (``law``, ``r_v``) or slab (``t_slab_k``,
     ``tau_300``) settings replaced."""
-    fm = meta["forward_model"]
-    fm = json.loads(fm) if isinstance(fm, str) else json.loads(json.dumps(fm))
+    from cvae_pms.physics.sed import recorded_forward_model
+    fm = json.loads(json.dumps(recorded_forward_model(meta)))     # a deep copy to edit
     for key in ("law", "r_v"):
         if key in edits:
             fm["extinction"][key] = edits[key]

@@ -300,15 +300,6 @@ def evaluate(cfg: EvaluateConfig, log: Callable[[str], None] = print) -> dict:
     return result
 
 
-def _keyed_sampler(run, n_samples: int):
-    """The per-source-keyed sampler of :mod:`cvae_pms.infer` for ``run`` (cached on it)."""
-    from cvae_pms.infer import KeyedSampler
-    cache = run.__dict__.setdefault("_keyed_samplers", {})
-    if n_samples not in cache:
-        cache[n_samples] = KeyedSampler(run.net, n_samples)
-    return cache[n_samples]
-
-
 def _evaluate_setting(run, idx: np.ndarray, theta: np.ndarray, bp0: np.ndarray,
                       rp0: np.ndarray, setting: GSetting, cfg: EvaluateConfig, i: int,
                       log: Callable[[str], None]) -> tuple[dict, tuple]:
@@ -320,14 +311,12 @@ def _evaluate_setting(run, idx: np.ndarray, theta: np.ndarray, bp0: np.ndarray,
     # The sampler of `infer` (one stateless key per source): source_id = grid row, seed =
     # --seed + the G's position, so `infer` on the same observation with that source_id and
     # seed gives the same samples. Warm-up: trace the compiled functions outside the timing.
-    from cvae_pms.infer import source_seeds
-    sampler = _keyed_sampler(run, cfg.samples)
+    from cvae_pms.infer import keyed_samples
     y, _ = run.features(bp[:1], rp[:1], bp_cov[:1], rp_cov[:1])
-    sampler.sample_unit(y, source_seeds(cfg.seed + i, idx[:1]))
+    keyed_samples(run, y, idx[:1], cfg.samples, cfg.seed + i)
     t1 = time.perf_counter()
     y, _ = run.features(bp, rp, bp_cov, rp_cov)
-    samples = params.from_unit(sampler.sample_unit(y, source_seeds(cfg.seed + i, idx))
-                               ).astype(np.float32).astype(np.float64)
+    samples = keyed_samples(run, y, idx, cfg.samples, cfg.seed + i).astype(np.float64)
     t2 = time.perf_counter()
     good = np.isfinite(samples).all(axis=(1, 2))
     if not good.any():

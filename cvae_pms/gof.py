@@ -84,11 +84,11 @@ def _flux_operator() -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=1)
-def _calibration() -> np.ndarray:
-    """(110, 343) coefficients -> calibrated flux (merge weights included), BP rows first."""
+def _calibration32() -> np.ndarray:
+    """(110, 343) float32 coefficients -> calibrated flux (merge weights included), BP rows
+    first: for propagating covariance factors."""
     from cvae_pms.xp.sampling import calibration_matrices
-    a_bp, a_rp = calibration_matrices()
-    return np.vstack([a_bp, a_rp])
+    return np.vstack(calibration_matrices()).astype(np.float32)
 
 
 def default_threshold() -> dict:
@@ -113,9 +113,9 @@ N_PROFILE = 4
 def _nuisance_settings(meta: dict) -> list[dict]:
     """Grid metas with one fixed R_V each: ``[meta]`` for fixed-R_V grids, else
     :data:`N_PROFILE` values evenly across ``extinction.r_v_range``."""
-    fm = meta.get("forward_model") if isinstance(meta, dict) else None
-    fm = json.loads(fm) if isinstance(fm, str) else fm
-    ext = fm.get("extinction") if isinstance(fm, dict) else None
+    from cvae_pms.physics.sed import recorded_forward_model
+    fm = recorded_forward_model(meta)
+    ext = fm.get("extinction") if fm is not None else None
     if not isinstance(ext, dict) or not ext.get("r_v_range"):
         return [meta]
     lo, hi = (float(v) for v in ext["r_v_range"])
@@ -138,13 +138,17 @@ class PredictiveCheck:
         if n_draws < 1:
             raise GofError(f"goodness of fit: n_draws must be >= 1, got {n_draws}")
         self.seds = list(sed) if isinstance(sed, (list, tuple)) else [sed]
-        self.sed = self.seds[0]
         self.model_error = model_error
         self.n_draws = int(n_draws)
         self.threshold = (float(default_threshold()["chi2_red"]) if threshold is None
                           else float(threshold))
         if not self.threshold > 0:
             raise GofError(f"poor_fit threshold must be > 0, got {self.threshold}")
+
+    @property
+    def sed(self):
+        """The forward model (the first nuisance setting when several are profiled)."""
+        return self.seds[0]
 
     @classmethod
     def for_run(cls, run, n_draws: int = N_DRAWS, threshold: float | None = None
@@ -155,11 +159,10 @@ class PredictiveCheck:
         fixed values). The threshold: ``threshold``, else ``RUN/gof_threshold.json`` (a
         per-model calibration), else the shipped one."""
         from cvae_pms.evaluate import run_model_error
-        from cvae_pms.physics.sed import ForwardModelUnavailable, sed_function
+        from cvae_pms.physics.sed import (ForwardModelUnavailable, recorded_forward_model,
+                                          sed_function)
         meta = run.grid_info.get("meta", {}) if isinstance(run.grid_info, dict) else {}
-        fm = meta.get("forward_model") if isinstance(meta, dict) else None
-        fm = json.loads(fm) if isinstance(fm, str) and fm.strip().startswith("{") else fm
-        if not (isinstance(fm, dict) and "accretion" in fm):
+        if "accretion" not in (recorded_forward_model(meta) or {}):
             return None, ("goodness of fit not computed: the training grid records no built-in "
                           "forward model (ingested grid?)")
         try:
@@ -181,9 +184,8 @@ class PredictiveCheck:
                      bp_cov: np.ndarray, rp_cov: np.ndarray) -> GofResult:
         """The check for coefficient input: samples (n, S, 7) physical; bp/rp (n, 55),
         covariances (n, 55, 55) in the archive's units."""
-        a = _calibration()
-        bp, rp = np.asarray(bp, np.float64), np.asarray(rp, np.float64)
-        flux = bp @ a[:55] + rp @ a[55:]
+        from cvae_pms.xp.sampling import sampled_flux
+        flux = sampled_flux(np.asarray(bp, np.float64), np.asarray(rp, np.float64))
         chols = (_factor(np.asarray(bp_cov, np.float64)), _factor(np.asarray(rp_cov, np.float64)))
         return self._run(samples, flux, chols, None)
 
@@ -276,7 +278,7 @@ def _model_error_factors(me, teff: np.ndarray, absf: np.ndarray, rank: int | Non
 def _noise_factors(chols: tuple[np.ndarray, np.ndarray], idx: np.ndarray) -> np.ndarray:
     """``A^T L`` (b, 343, 110) float32 for sources ``idx``: the coefficient-covariance factors
     ``L`` (BP, RP) propagated to calibrated flux (one matrix product per band)."""
-    a = _calibration().astype(np.float32)
+    a = _calibration32()
     b = idx.size
     out = np.empty((b, a.shape[1], 110), np.float32)
     for j, chol in enumerate(chols):

@@ -122,11 +122,8 @@ class Model:
         return cache[key]
 
     def sampler(self, n_samples: int, batch: int = KEYED_BATCH) -> "KeyedSampler":
-        """The compiled per-source-keyed sampler for ``n_samples`` (cached)."""
-        cache = self.__dict__.setdefault("_samplers", {})
-        if (n_samples, batch) not in cache:
-            cache[n_samples, batch] = KeyedSampler(self.run.net, n_samples, batch)
-        return cache[n_samples, batch]
+        """The compiled per-source-keyed sampler for ``n_samples`` (cached on the run)."""
+        return keyed_sampler(self.run, n_samples, batch)
 
 
 def load_model(run_dir: str | os.PathLike, log: Callable[[str], None] | None = None) -> Model:
@@ -223,11 +220,27 @@ class KeyedSampler:
         return out
 
 
+def keyed_sampler(run, n_samples: int, batch: int = KEYED_BATCH) -> KeyedSampler:
+    """The compiled :class:`KeyedSampler` of a loaded run for ``n_samples`` (cached on it):
+    the one sampler of ``infer`` and ``evaluate``."""
+    cache = run.__dict__.setdefault("_keyed_samplers", {})
+    if (n_samples, batch) not in cache:
+        cache[n_samples, batch] = KeyedSampler(run.net, n_samples, batch)
+    return cache[n_samples, batch]
+
+
+def keyed_samples(run, y: np.ndarray, source_id: np.ndarray, n_samples: int,
+                  seed: int) -> np.ndarray:
+    """Samples (n, S, 7) float32, physical units, of features ``y`` (n, D); source i is keyed
+    on (seed, source_id[i])."""
+    u = keyed_sampler(run, n_samples).sample_unit(y, source_seeds(seed, source_id))
+    return params.from_unit(u).astype(np.float32)
+
+
 def sample_sources(model: Model, y: np.ndarray, source_id: np.ndarray, n_samples: int,
                    seed: int) -> np.ndarray:
-    """Samples (n, S, 7) float32, physical units; source i is keyed on (seed, source_id[i])."""
-    u = model.sampler(n_samples).sample_unit(y, source_seeds(seed, source_id))
-    return params.from_unit(u).astype(np.float32)
+    """:func:`keyed_samples` of a loaded :class:`Model`."""
+    return keyed_samples(model.run, y, source_id, n_samples, seed)
 
 
 @dataclass

@@ -28,6 +28,7 @@ from cvae_pms.grid.gridfile import GridError, GridWriter
 from cvae_pms.physics.accretion import AccretionSettings
 from cvae_pms.physics.photosphere import (DEFAULT_CORRECTION, PhysicsError, check_correction,
                                           table_wavelength_nm)
+from cvae_pms.physics.extinction import check_r_v_range
 from cvae_pms.physics.sed import forward_model_meta, simulate_sed
 from cvae_pms.xp.instrument import SETTINGS as OPERATOR_SETTINGS
 from cvae_pms.xp.instrument import sed_to_coefficients
@@ -179,10 +180,10 @@ def synth_grid(out: str | Path, n: int = DEFAULT_N, seed: int = 0, design: str =
     theta = sample_box(n, seed, design)
     stages = {"sampling": time.perf_counter() - t0, "sed": 0.0, "projection": 0.0, "writing": 0.0}
     if r_v_range is not None:
-        r_v_range = (float(r_v_range[0]), float(r_v_range[1]))
-        if not 1.5 <= r_v_range[0] <= r_v_range[1] <= 6.5:
-            raise SynthError(f"--r-v-range {r_v_range[0]:g}:{r_v_range[1]:g}: must lie within "
-                             "1.5..6.5 (low <= high)")
+        try:
+            r_v_range = check_r_v_range(r_v_range)
+        except PhysicsError as exc:
+            raise SynthError(f"--r-v-range: {exc}") from exc
     drawn = draw_nuisance or r_v_range is not None
     meta = synth_meta(n, seed, design, distance_pc, chunk, settings, extinction_law,
                       photosphere_correction, r_v_range)

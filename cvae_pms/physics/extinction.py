@@ -59,6 +59,18 @@ def extinction_curve(wavelength_nm: np.ndarray, law: str = "G23", r_v: float = 3
 
 #: Spacing [R_V] of the curves that per-star R_V values are interpolated between.
 R_V_STEP = 0.05
+#: R_V values per-star draws may take (inside the validity range of G23 and F19).
+R_V_LIMITS = (1.5, 6.5)
+
+
+def check_r_v_range(r_v_range) -> tuple[float, float]:
+    """``(low, high)`` as floats; :class:`PhysicsError` unless it lies in :data:`R_V_LIMITS`
+    with low <= high."""
+    lo, hi = (float(v) for v in r_v_range)
+    if not R_V_LIMITS[0] <= lo <= hi <= R_V_LIMITS[1]:
+        raise PhysicsError(f"R_V range {lo:g}..{hi:g} outside {R_V_LIMITS[0]:g}.."
+                           f"{R_V_LIMITS[1]:g} (the laws' range) or low > high")
+    return lo, hi
 
 
 def extinction_curves(wavelength_nm: np.ndarray, law: str, r_v: np.ndarray) -> np.ndarray:

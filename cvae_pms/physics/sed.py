@@ -30,7 +30,8 @@ from cvae_pms.physics.accretion import (
     spot_flux,
     stellar_radius_m,
 )
-from cvae_pms.physics.extinction import apply_extinction, extinction_curve, extinction_curves
+from cvae_pms.physics.extinction import (apply_extinction, check_r_v_range, extinction_curve,
+                                         extinction_curves)
 from cvae_pms.physics.photosphere import (
     DEFAULT_CORRECTION,
     PhysicsError,
@@ -179,9 +180,7 @@ def simulate_sed(theta: np.ndarray, wavelength_nm: np.ndarray | None = None,
     n = theta.shape[0]
     t_slab, tau_300 = settings.slab_parameters(n, rng)  # drawn up front: chunk-independent
     if r_v_range is not None:
-        lo, hi = (float(v) for v in r_v_range)
-        if not 1.5 <= lo <= hi <= 6.5:
-            raise PhysicsError(f"R_V range {lo:g}..{hi:g} outside 1.5..6.5 (the laws' range)")
+        lo, hi = check_r_v_range(r_v_range)
         if rng is None:
             raise PhysicsError("per-star R_V draws (r_v_range) need a numpy Generator (rng)")
         r_v_star = rng.uniform(lo, hi, n)
@@ -288,6 +287,19 @@ class ForwardModelUnavailable(PhysicsError):
     """A grid's metadata does not describe a built-in forward model (e.g. an ingested grid)."""
 
 
+def recorded_forward_model(meta: dict) -> dict | None:
+    """A grid meta's ``forward_model`` settings as a dict (stored as a dict or a JSON string),
+    or None when absent or unreadable. ``{}`` (ingested grids' default) is returned as is."""
+    import json
+    fm = meta.get("forward_model") if isinstance(meta, dict) else None
+    if isinstance(fm, str):
+        try:
+            fm = json.loads(fm)
+        except ValueError:
+            return None
+    return fm if isinstance(fm, dict) else None
+
+
 def sed_function(meta: dict, nuisance: str = "refuse"):
     """The built-in forward model a grid was made with: ``theta (n, 7) -> F_lambda (n, m)``
     [W m^-2 nm^-1] on the PHOENIX table wavelengths (:func:`table_wavelength_nm`).
@@ -300,15 +312,9 @@ def sed_function(meta: dict, nuisance: str = "refuse"):
     (``t_slab_k``, ``tau_300``) and R_V = ``r_v`` (3.1). A grid without ``forward_model`` (ingested, or written by
     another tool) raises :class:`ForwardModelUnavailable`.
     """
-    import json
     from dataclasses import replace
-    fm = meta.get("forward_model") if isinstance(meta, dict) else None
-    if isinstance(fm, str):
-        try:
-            fm = json.loads(fm)
-        except ValueError:
-            fm = None
-    if not isinstance(fm, dict):
+    fm = recorded_forward_model(meta)
+    if fm is None:
         raise ForwardModelUnavailable("the training grid records no built-in forward model "
                                       "(ingested grid?)")
     try:
