@@ -9,6 +9,8 @@ APOGEE value by the central posterior intervals (label errors ignored: APOGEE's 
 errors of ~50-100 K for M dwarfs make coverage look slightly worse than it is).
 The posterior predictive check (:mod:`cvae_pms.gof`) runs on every star: the fraction flagged
 ``poor_fit`` and whether the flagged stars are those with the worst label residuals.
+``--twins``: the same table for simulated twins of the stars (:func:`twin_samples`), so the
+sim-to-real gap and the model's own limits on this population can be told apart.
 Also: 18 Sco (the Gaia FGK benchmark solar twin in ``../shared``, coefficient input) and, on
 the calibration parts (% 4 in 2, 3), the A0 the model infers against the A0 fitted with the
 forward model at the APOGEE labels (:func:`cvae_pms.realdata.fit.fit_photosphere`).
@@ -34,16 +36,19 @@ SCO_LABELS = {"teff": 5810.0, "logg": 4.44, "mh": 0.03}
 TEFF_BINS = ((3000, 4000), (4000, 4500), (4500, 5500), (5500, 7000))
 G_BINS = ((5, 11), (11, 12.5), (12.5, 14), (14, 16))
 LOGG_SPLIT = 3.8
+A0_BINS = ((-1.0, 0.2), (0.2, 0.7), (0.7, 10.0))
+TWIN_G = 12.0          # G of the simulated twins (the real stars: median G ~12.7)
 LABELS = (("teff", "teff"), ("logg", "logg"), ("mh", "fe_h"))
 
 
 def sampled_samples(run, flux: np.ndarray, flux_error: np.ndarray, n_samples: int, seed: int,
-                    source_id: np.ndarray, gof: bool = False):
+                    source_id: np.ndarray, gof: bool = False, prior=None):
     """Posterior samples (n, S, 7) of sampled spectra (flux, error [W m^-2 nm^-1] (n, 343))
     through the one inference path (:func:`cvae_pms.infer.infer_batch` on a
     :class:`~cvae_pms.xp.sampled.SampledBatch`), keyed on ``source_id`` as ``infer`` is.
     ``gof``: also run the model's posterior predictive check and return
-    ``(samples, gof_chi2_red, gof_p, status)``."""
+    ``(samples, gof_chi2_red, gof_p, status)``. ``prior``: a :class:`cvae_pms.priors.Prior`
+    the samples are reweighted to, as ``infer --prior`` does."""
     from cvae_pms.infer import infer_batch, load_model
     from cvae_pms.xp.sampled import SampledBatch
     model = load_model(run)
@@ -53,7 +58,7 @@ def sampled_samples(run, flux: np.ndarray, flux_error: np.ndarray, n_samples: in
         sl = slice(lo, lo + 2048)
         batch = SampledBatch(np.asarray(source_id[sl], np.int64), flux[sl], flux_error[sl],
                              np.array([""] * len(flux[sl]), dtype=object), {}, "apogee-library")
-        chunk = infer_batch(model, batch, n_samples, seed, gof=check)
+        chunk = infer_batch(model, batch, n_samples, seed, gof=check, prior=prior)
         out.append(chunk.samples)
         if gof:
             chi.append(chunk.gof_chi2_red), pv.append(chunk.gof_p), st.append(chunk.status)
@@ -106,6 +111,32 @@ def table(samples: np.ndarray, labels: dict, mask_sets: dict) -> dict:
     return out
 
 
+def twin_samples(run, lab: dict, a0_fit: np.ndarray, n_samples: int, seed: int,
+                 g_mag: float = TWIN_G) -> np.ndarray:
+    """Posterior samples (n, S, 7) of simulated twins of the real stars: the built-in forward
+    model at each star's APOGEE T_eff, log g, [M/H] and fitted A0 (clipped at 0), no accretion
+    (log Mdot at the box floor, ff = 0), M = 1 Msun, observed at G = ``g_mag`` with the noise
+    and model-error term of training (``cvae-pms simulate --params``, then ``infer``'s
+    sampler). Real minus twin separates the sim-to-real gap from the model's own limits on
+    this population (the A0 = 0 edge, the network's precision)."""
+    import tempfile
+    from astropy.table import Table
+    from cvae_pms.infer import infer_batch, load_model
+    from cvae_pms.simulate import simulate
+    from cvae_pms.xp.archive import read_xp
+    n = len(a0_fit)
+    lo = dict(zip(P.NAMES, P.LOW))
+    with tempfile.TemporaryDirectory() as tmp:
+        Table({"teff": lab["teff"], "logg": lab["logg"], "mh": lab["fe_h"],
+               "log_mdot": np.full(n, lo["log_mdot"]), "ff": np.zeros(n),
+               "mass": np.ones(n), "a0": np.clip(a0_fit, 0.0, None)}).write(
+                   f"{tmp}/twins.csv")
+        simulate(f"{tmp}/obs.csv", (g_mag, g_mag), (15, 80), seed=seed + 1,
+                 params_path=f"{tmp}/twins.csv", run_dir=None)
+        batch = read_xp(f"{tmp}/obs.csv")
+        return infer_batch(load_model(run), batch, n_samples, seed).samples
+
+
 def sco(run, n_samples: int, seed: int) -> dict | None:
     if not SCO_FILE.is_file():
         return None
@@ -133,6 +164,11 @@ def main() -> None:
                     help="calibration-part stars for the A0 comparison (0: skip)")
     ap.add_argument("--out", default="benchmarks/out/real_apogee.json")
     ap.add_argument("--figure", default=None, help="predicted vs APOGEE figure (.png)")
+    ap.add_argument("--twins", action="store_true",
+                    help="also score simulated twins of the test stars (labels, fitted A0, no "
+                         "accretion, G 12): the model's own limit on this population")
+    ap.add_argument("--prior", default=None,
+                    help="reweight to this prior (name or TOML path), as infer --prior does")
     args = ap.parse_args()
     from cvae_pms.realdata import apogee
     from cvae_pms.realdata.calibrate import usable
@@ -142,8 +178,12 @@ def main() -> None:
     lib = apogee.read_library(parts=(apogee.TEST_PART,), in_box_only=True, download=True)
     lib = lib.select(usable(lib))
     lab = lib.labels
+    prior = None
+    if args.prior:
+        from cvae_pms.priors import load_prior
+        prior = load_prior(args.prior)
     samples, chi2, _, status = sampled_samples(run, lib.flux, lib.flux_error, args.samples,
-                                               args.seed, lib.row, gof=True)
+                                               args.seed, lib.row, gof=True, prior=prior)
     t_inf = time.time() - t0
     g = lab["gaiaedr3_phot_g_mean_mag"]
     masks = {"all": np.ones(len(lib), bool)}
@@ -155,6 +195,18 @@ def main() -> None:
         t_bin = (lab["teff"] >= lo) & (lab["teff"] < hi)
         masks[f"teff {lo}-{hi} log g < {LOGG_SPLIT}"] = t_bin & (lab["logg"] < LOGG_SPLIT)
         masks[f"teff {lo}-{hi} log g >= {LOGG_SPLIT}"] = t_bin & (lab["logg"] >= LOGG_SPLIT)
+    # Extinction: the A0 of the no-accretion model fitted at the APOGEE labels, and |b|; a
+    # prior edge at A0 = 0 biases T_eff up for the least reddened stars (hotter + redder).
+    from cvae_pms.realdata.fit import fit_photosphere
+    grid_meta = json.loads((Path(args.run) / "grid.json").read_text()).get("meta") or {}
+    corr = (grid_meta.get("forward_model") or {}).get("photosphere_correction")
+    a0_fit = fit_photosphere(lib.flux, lib.flux_error, lab["teff"], lab["logg"], lab["fe_h"],
+                             correction=corr).a0
+    abs_b = np.abs(lib.galactic_latitude_deg())
+    for lo, hi in A0_BINS:
+        masks[f"A0 fit {lo}-{hi}"] = (a0_fit >= lo) & (a0_fit < hi)
+    masks["|b| > 40"] = abs_b > 40
+    masks["|b| < 10"] = abs_b < 10
     ok = np.isfinite(samples).all(axis=(1, 2))
     masks = {k: m & ok for k, m in masks.items()}
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
@@ -167,8 +219,14 @@ def main() -> None:
               "grid_photosphere_correction": fm.get("photosphere_correction"),
               "model_error": cfg.get("noise", {}).get("model_error", "parametric"),
               "n_stars": int(ok.sum()), "n_failed": int((~ok).sum()), "samples": args.samples,
-              "inference_s": round(t_inf, 1), "bins": table(samples, lab, masks),
+              "prior": args.prior, "inference_s": round(t_inf, 1),
+              "bins": table(samples, lab, masks),
+              "a0_inferred_minus_fit_test": {
+                  name: float(np.median(np.median(samples[m][:, :, P.INDEX["a0"]], axis=1)
+                                        - a0_fit[m])) for name, m in masks.items() if m.any()},
               "gof": gof_report(samples, chi2, status, lab),
+              "twins": (table(twin_samples(run, lab, a0_fit, args.samples, args.seed),
+                              lab, masks) if args.twins else None),
               "18sco": sco(run, args.samples, args.seed)}
     if args.a0_stars:
         from cvae_pms.realdata.fit import fit_photosphere
@@ -199,6 +257,13 @@ def main() -> None:
                  f"{row[p]['coverage68']:.2f} / {row[p]['coverage95']:.2f}"
                  for p, d in (("teff", 0), ("logg", 2), ("mh", 2))]
         print(f"| {name} | {row['teff']['n']} | " + " | ".join(cells) + " |")
+    if result["twins"]:
+        print(f"simulated twins (G {TWIN_G:g}):")
+        for name, row in result["twins"].items():
+            cells = [f"{row[p]['bias']:+.{d}f} / {row[p]['robust_scatter']:.{d}f} / "
+                     f"{row[p]['coverage68']:.2f} / {row[p]['coverage95']:.2f}"
+                     for p, d in (("teff", 0), ("logg", 2), ("mh", 2))]
+            print(f"| twin {name} | {row['teff']['n']} | " + " | ".join(cells) + " |")
     print("goodness of fit:", json.dumps(result["gof"]))
     print("18 Sco:", json.dumps(result["18sco"]))
     if "a0_inferred_minus_fit" in result:
