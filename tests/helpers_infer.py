@@ -129,3 +129,41 @@ def write_grid_observations(path: Path, grid_path: str | Path, rows: np.ndarray,
                           "rp_coefficients": rp_o, "bp_covariance": bp_cov,
                           "rp_covariance": rp_cov})
     return path
+
+
+def make_lum_grid(path: Path, n: int = 1000, seed: int = 0, d_ref_pc: float = 10.0) -> Path:
+    """The stand-in grid with absolute fluxes at ``d_ref_pc`` (reference_distance_pc in the
+    meta), as luminosity (parallax-channel) models need."""
+    from cvae_pms.grid.gridfile import write_grid
+    from cvae_pms.xp.instrument import sed_to_coefficients
+
+    rng = np.random.default_rng(seed)
+    u = rng.uniform(size=(n, params.N_PARAMS))
+    u[:, 6] *= 0.3
+    theta = params.from_unit(u)
+    bp, rp = sed_to_coefficients(standin_sed(theta), WL_NM)
+    write_grid(path, theta, bp, rp, meta={"source": "tests/helpers_infer.py lum stand-in",
+                                           "random_seed": seed,
+                                           "reference_distance_pc": d_ref_pc})
+    return path
+
+
+def shared_lum_run(tmp_path_factory, epochs: int = 3) -> Path:
+    """One tiny luminosity-channel run (stand-in grid at 10 pc, OOD index built) per session."""
+    base = tmp_path_factory.getbasetemp() / f"lum_shared_{epochs}"
+    run = base / "run"
+    if not (run / "ood.npz").is_file():
+        import shutil
+
+        from cvae_pms.ood import build_ood_index
+        from cvae_pms.train import train
+
+        shutil.rmtree(base, ignore_errors=True)
+        base.mkdir(parents=True)
+        grid = make_lum_grid(base / "grid.h5")
+        cfg = base / "tiny.toml"
+        cfg.write_text("[luminosity]\nenabled = true\n")
+        train(grid, cfg, run, overrides=TINY_OVERRIDES + (f"training.epochs={epochs}",),
+              noise_model=noise_model(), log=lambda s: None)
+        build_ood_index(run, n_ref=400, n_cal=100, k=10, seed=0)
+    return run

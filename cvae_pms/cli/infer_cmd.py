@@ -69,50 +69,36 @@ def infer(run: Path, inputs: tuple[Path, ...], out: Path, samples: int, summary:
     (without --overwrite or --resume) or is being written by another process, or when an
     input has no usable source (its failures are still recorded in OUT).
     """
-    from cvae_pms.infer import check_paths
+    import time
+
     from cvae_pms.infer import infer as run_infer
 
     command_line = ["cvae-pms", "infer", *sys.argv[2:]] if len(sys.argv) > 1 else ["cvae-pms"]
+    # The one set of infer() options, for the single process and for every Dask task alike.
+    infer_kwargs = dict(n_samples=samples, seed=seed, batch=batch, summary=summary,
+                        resume=resume, plots=plots, max_plots=max_plots, truth=truth,
+                        progress=not quiet, command_line=command_line,
+                        log=lambda s: click.echo(s, err=True), astrometry=astrometry,
+                        parallax_zero_point=parallax_zero_point,
+                        min_parallax_over_error=min_parallax_over_error, prior=prior,
+                        keep_raw=keep_raw, overwrite=overwrite, gof=gof, gof_draws=gof_draws,
+                        poor_fit_threshold=poor_fit_threshold)
     if dask_spec is not None:
-        used = [name for name, v in (("--astrometry", astrometry), ("--prior", prior),
-                                     ("--parallax-zero-point", parallax_zero_point))
-                if v is not None] + (["--keep-raw"] if keep_raw else []) + (
-            ["--min-parallax-over-error"] if min_parallax_over_error != 5.0 else []) + (
-            ["--no-gof"] if not gof else []) + [
-            name for name, v in (("--gof-draws", gof_draws),
-                                 ("--poor-fit-threshold", poor_fit_threshold)) if v is not None]
-        if used:
-            raise click.ClickException(f"{', '.join(used)} not supported with --dask yet; "
-                                       f"run without --dask")
-        from cvae_pms.plots.corner_plots import plot_posterior_file
-        from cvae_pms.scaleout import dask_client, infer_dask
+        from cvae_pms.scaleout import dask_client, infer_dask, merged_result, plan_dask
 
-        check_paths(inputs, out, summary, overwrite=overwrite or resume, plots=plots,
-                    truth=truth, out_is_stem=True)
+        t0 = time.time()
+        plan_dask(inputs, out, **infer_kwargs)     # fail before a cluster is started
         with dask_client(dask_spec) as client:
-            table, infos = infer_dask(client, run, inputs, out, summary=summary,
-                                      n_samples=samples, seed=seed, batch=batch,
-                                      resume=resume, command_line=command_line,
-                                      overwrite=overwrite)
-        if plots is not None and infos:
-            plot_posterior_file(infos[0]["part"], plots, max_plots=max_plots, truth=truth)
+            _, infos = infer_dask(client, run, inputs, out, **infer_kwargs)
         for info in infos:
             click.echo(f"{info['part']}: {info['n_sources']} sources, {info['n_failed']} failed, "
                        f"{info['n_ood']} OOD")
-        if summary:
-            click.echo(f"summary of {len(table)} sources: {summary}")
-        unusable = {k: v for info in infos for k, v in info["unusable_files"].items()}
+        res = merged_result(infos, out, summary)
+        res.seconds = time.time() - t0
     else:
         previous = signal.signal(signal.SIGTERM, _sigterm_to_exit)
         try:
-            res = run_infer(run, inputs, out, n_samples=samples, seed=seed, batch=batch,
-                            summary=summary, resume=resume, plots=plots, max_plots=max_plots,
-                            truth=truth, progress=not quiet, command_line=command_line,
-                            log=lambda s: click.echo(s, err=True), astrometry=astrometry,
-                            parallax_zero_point=parallax_zero_point,
-                            min_parallax_over_error=min_parallax_over_error, prior=prior,
-                            keep_raw=keep_raw, overwrite=overwrite, gof=gof,
-                            gof_draws=gof_draws, poor_fit_threshold=poor_fit_threshold)
+            res = run_infer(run, inputs, out, **infer_kwargs)
         except KeyboardInterrupt:
             partial = out.with_name(out.name + ".partial")
             raise click.ClickException(
@@ -120,29 +106,29 @@ def infer(run: Path, inputs: tuple[Path, ...], out: Path, samples: int, summary:
                 if partial.is_file() else "interrupted before any source was completed")
         finally:
             signal.signal(signal.SIGTERM, previous)
-        rate = res.n_sources / res.seconds if res.seconds > 0 else float("nan")
-        if res.n_no_parallax:
-            click.echo(f"{res.n_no_parallax} sources without a usable parallax: spectrum-only "
-                       f"(flag no_parallax)")
-        if res.n_duplicates:
-            click.echo(f"{res.n_duplicates} rows share their source_id with another row of the "
-                       f"same input (flag duplicate_source_id)")
-        if res.gof_note:
-            click.echo(res.gof_note)
-        elif res.n_poor_fit:
-            click.echo(f"{res.n_poor_fit} sources the forward model does not reproduce at their "
-                       f"posterior (flag poor_fit)")
-        if res.n_low_ess:
-            click.echo(f"{res.n_low_ess} sources with a low effective sample size under the "
-                       f"prior (flag low_ess)")
-        click.echo(f"{res.out}: {res.n_sources} sources ({res.n_failed} failed, {res.n_ood} OOD"
-                   + (f", {res.n_skipped} already done" if res.n_skipped else "")
-                   + f") in {res.seconds:.1f} s ({rate:.1f} sources/s)")
-        if res.summary:
-            click.echo(f"summary: {res.summary}")
-        if res.plots:
-            click.echo(f"{len(res.plots)} corner plots in {plots}")
-        unusable = res.unusable_files
+    rate = res.n_sources / res.seconds if res.seconds > 0 else float("nan")
+    if res.n_no_parallax:
+        click.echo(f"{res.n_no_parallax} sources without a usable parallax: spectrum-only "
+                   f"(flag no_parallax)")
+    if res.n_duplicates:
+        click.echo(f"{res.n_duplicates} rows share their source_id with another row of the "
+                   f"same input (flag duplicate_source_id)")
+    if res.gof_note:
+        click.echo(res.gof_note)
+    elif res.n_poor_fit:
+        click.echo(f"{res.n_poor_fit} sources the forward model does not reproduce at their "
+                   f"posterior (flag poor_fit)")
+    if res.n_low_ess:
+        click.echo(f"{res.n_low_ess} sources with a low effective sample size under the "
+                   f"prior (flag low_ess)")
+    click.echo(f"{res.out}: {res.n_sources} sources ({res.n_failed} failed, {res.n_ood} OOD"
+               + (f", {res.n_skipped} already done" if res.n_skipped else "")
+               + f") in {res.seconds:.1f} s ({rate:.1f} sources/s)")
+    if res.summary:
+        click.echo(f"summary: {res.summary}")
+    if res.plots:
+        click.echo(f"{len(res.plots)} corner plots in {plots}")
+    unusable = res.unusable_files
     if unusable:
         raise click.ClickException("no usable source in: " + "; ".join(
             f"{k} ({v})" for k, v in unusable.items()))
