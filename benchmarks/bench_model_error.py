@@ -58,7 +58,7 @@ def residual_stats(forward, theta: np.ndarray, bp: np.ndarray, rp: np.ndarray,
                    c_src: np.ndarray) -> dict:
     """Flux ratio, chi2 and ``f_needed`` of one observed spectrum against the model at
     ``theta`` (7,), the flux scale fitted by generalised least squares in coefficient space."""
-    from cvae_pms.simulate import model_error_coefficient_covariance
+    from cvae_pms.simulator import model_error_coefficient_covariance
     from cvae_pms.xp.noise import NoiseModel
     from cvae_pms.xp.sampling import SAMPLING_NM, sampled_flux
 

@@ -2,7 +2,7 @@
 
 For each requested brightness (a fixed G, or a G range drawn uniformly per source), the
 test rows' noiseless coefficients are scaled to G and given XP noise with
-:func:`cvae_pms.simulate.simulate_observations` (integer transits uniform in a range); the
+:func:`cvae_pms.simulator.simulate_observations` (integer transits uniform in a range); the
 CVAE samples their posteriors through the same path as real data (``Run.features`` ->
 sampler). Then, numbers first (``metrics.json``, ``metrics.csv``/``.ecsv``,
 ``baseline_vs_cvae.csv``), figures from the numbers:
@@ -29,6 +29,7 @@ from cvae_pms import params
 from cvae_pms.diagnostics import accuracy, figures, pp, sbc, tarp
 from cvae_pms.diagnostics.result_files import write_json, write_table
 from cvae_pms.errors import CvaePmsError
+from cvae_pms.xp.model_error import run_model_error
 
 
 class EvaluationError(CvaePmsError):
@@ -113,7 +114,7 @@ def _simulate(bp0: np.ndarray, rp0: np.ndarray, g: np.ndarray, n_transits: np.nd
               model_error=None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Noisy coefficients and covariances ``(bp, rp, bp_cov, rp_cov)`` at G ``g`` (n,); the
     model error drawn at ``teff`` (n,) [K] from ``model_error`` (default: the shipped term)."""
-    from cvae_pms.simulate import SimulateError, simulate_observations
+    from cvae_pms.simulator import SimulateError, simulate_observations
     try:
         obs = simulate_observations(bp0, rp0, g, n_transits, rng, errors_from=errors_from,
                                     teff=teff, model_error_term=model_error)
@@ -135,18 +136,6 @@ class HeldOutObservations:
     rp_cov: np.ndarray
 
 
-def run_model_error(run):
-    """The model-error term a run was trained with: ``RUN/model_error.npz``, else the one its
-    config names (runs made before the empirical term: the parametric one)."""
-    from cvae_pms.xp.model_error import ModelError
-    path = Path(run.path) / "model_error.npz"
-    if path.is_file():
-        return ModelError.from_file(path)
-    noise = dict(run.config.get("noise", {}))
-    noise.setdefault("model_error", "parametric")
-    return ModelError.from_config(noise)
-
-
 def select_rows(rows: np.ndarray, n: int, seed: int) -> np.ndarray:
     """The grid rows ``evaluate`` scores: ``min(n, rows.size)`` of ``rows`` drawn without
     replacement by numpy stream ``[seed, 1]`` (``seed`` = ``--seed``), sorted."""
@@ -162,7 +151,7 @@ def draw_observations(bp0: np.ndarray, rp0: np.ndarray, setting: GSetting,
     ``index``-th G setting: numpy stream ``[seed, 100 + index]`` (``seed`` = ``--seed``) draws
     G [mag] (``setting.low``, or uniform in the range), integer transits uniform in
     ``transits`` (inclusive), then the noise and model error of
-    :func:`cvae_pms.simulate.simulate_observations` (``errors_from``, ``teff`` [K] (n,) and
+    :func:`cvae_pms.simulator.simulate_observations` (``errors_from``, ``teff`` [K] (n,) and
     the ``model_error`` term as there)."""
     n = len(bp0)
     rng = np.random.default_rng([seed, 100 + index])

@@ -105,17 +105,17 @@ class FeatureSpec:
 
     def save(self, directory: str | Path) -> None:
         """Write ``features.json`` (scalars) and ``features.npz`` (arrays) into ``directory``."""
-        from cvae_pms.model.rundir import atomic_write_bytes, atomic_write_text
+        from cvae_pms.atomic import write_bytes_atomic, write_text_atomic
         d = Path(directory)
         meta = {"version": self.version, "relnoise_clip": list(self.relnoise_clip),
                 "matrices_sha256": self.matrices_sha256, "n_features": self.y_dim,
                 "normalisation": "mean calibrated flux over 336-1020 nm",
                 "luminosity": bool(self.luminosity)}
-        atomic_write_text(d / "features.json", json.dumps(meta, indent=1))
+        write_text_atomic(d / "features.json", json.dumps(meta, indent=1))
         import io
         buf = io.BytesIO()
         np.savez(buf, mean=self.mean, std=self.std, model_error_frac=self.model_error_frac)
-        atomic_write_bytes(d / "features.npz", buf.getvalue())
+        write_bytes_atomic(d / "features.npz", buf.getvalue())
 
     @classmethod
     def load(cls, directory: str | Path) -> "FeatureSpec":

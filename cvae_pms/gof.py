@@ -158,7 +158,7 @@ class PredictiveCheck:
         with R_V profiled over :data:`N_PROFILE` values across their range (the slab at its
         fixed values). The threshold: ``threshold``, else ``RUN/gof_threshold.json`` (a
         per-model calibration), else the shipped one."""
-        from cvae_pms.evaluate import run_model_error
+        from cvae_pms.xp.model_error import run_model_error
         from cvae_pms.physics.sed import (ForwardModelUnavailable, recorded_forward_model,
                                           sed_function)
         meta = run.grid_info.get("meta", {}) if isinstance(run.grid_info, dict) else {}

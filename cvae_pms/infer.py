@@ -40,7 +40,6 @@ flags are computed on the raw samples.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import sys
@@ -54,32 +53,15 @@ import numpy as np
 
 from cvae_pms import __version__, params
 from cvae_pms import posterior_file as pf
-from cvae_pms.ood import OODIndex, bound_flags, load_or_build_ood_index
+from cvae_pms.ood import OODError, OODIndex, bound_flags, load_run_ood_index
 from cvae_pms.errors import CvaePmsError
 
 #: Sources per compiled call of the keyed sampler.
 KEYED_BATCH = 32
-#: Files of a model dir that define its samples (hashed into ``model_hash``).
-_MODEL_FILES = ("model.weights.h5", "network.json", "features.json", "features.npz",
-                "params.json")
 
 
 class InferError(CvaePmsError):
     """Inference cannot run or an input gave nothing usable (the message names the file)."""
-
-
-def model_hash(run_dir: str | os.PathLike) -> str:
-    """sha256 (hex) over the files of a model dir that determine its samples."""
-    h = hashlib.sha256()
-    run = Path(run_dir)
-    for name in _MODEL_FILES:
-        p = run / name
-        if p.is_file():
-            h.update(name.encode())
-            with open(p, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    h.update(block)
-    return h.hexdigest()
 
 
 def source_seeds(seed: int, source_id: np.ndarray) -> np.ndarray:
@@ -126,20 +108,24 @@ class Model:
         return keyed_sampler(self.run, n_samples, batch)
 
 
-def load_model(run_dir: str | os.PathLike, log: Callable[[str], None] | None = None) -> Model:
-    """Load a model dir and its OOD index (building and caching ``RUN/ood.npz`` if absent).
+def load_model(run_dir: str | os.PathLike) -> Model:
+    """Load a model dir and its OOD index ``RUN/ood.npz`` (written by ``train``).
 
     Raises :class:`InferError` for a missing/incompatible model dir (another parameter table
-    or feature version).
+    or feature version) and for a missing, damaged or stale ``ood.npz`` (the message names
+    the file and the command that rebuilds it).
     """
-    from cvae_pms.model.rundir import RunDirError, load_run
+    from cvae_pms.model.rundir import RunDirError, load_run, model_hash
 
     try:
         run = load_run(run_dir)
     except RunDirError as exc:
         raise InferError(f"cannot use model: {exc}") from exc
     digest = model_hash(run_dir)
-    ood = load_or_build_ood_index(run, digest, log=log)
+    try:
+        ood = load_run_ood_index(run, digest)
+    except OODError as exc:
+        raise InferError(f"cannot use model: {exc}") from exc
     noise = run.config.get("noise", {}) if isinstance(run.config, dict) else {}
     g_range = ((float(noise["g_min"]), float(noise["g_max"]))
                if "g_min" in noise and "g_max" in noise else None)
@@ -627,7 +613,7 @@ def infer(run_dir: str | os.PathLike, inputs: Sequence[str | os.PathLike],
         if leftovers and not (resume or overwrite):
             raise InferError(f"{leftovers[0]}: partial results of an interrupted run of {out}: "
                              f"continue it with --resume, or start again with --overwrite")
-        model = model or load_model(run_dir, log=log)
+        model = model or load_model(run_dir)
         if not model.luminosity and log and (astrometry is not None
                                              or parallax_zero_point is not None):
             log(f"{run_dir}: spectrum-only model (no luminosity channel): parallaxes are ignored")

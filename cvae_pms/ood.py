@@ -4,7 +4,8 @@ OOD distance of a source = mean Euclidean distance from its standardised feature
 (:func:`cvae_pms.features`, the network input) to its ``k`` nearest neighbours among
 noisy spectra of the run's training split (fresh noise drawn with the training noise
 model). The threshold is the 99th percentile of the same statistic over noisy spectra of the
-run's test split, so about 1 % of in-distribution sources are flagged.
+run's test split, so about 1 % of in-distribution sources are flagged. ``train`` builds the
+index (:mod:`cvae_pms.ood_build`) into ``RUN/ood.npz``; inference only reads it.
 
 Bound flag: a parameter "piles at a bound" when more than :data:`BOUND_FRACTION` (20 %) of
 its samples lie within :data:`EDGE_WIDTH` (1 %) of the box width from an edge, unless the
@@ -161,116 +162,29 @@ def load_ood_index(path: str | os.PathLike) -> OODIndex:
                        f"{exc})") from exc
 
 
-def build_ood_index(run_dir: str | os.PathLike, n_ref: int = 4000, n_cal: int = 2000,
-                    k: int = 10, seed: int = 0, run=None, model_hash: str | None = None,
-                    save: bool = True) -> OODIndex:
-    """Build the OOD index of a trained model dir and cache it as ``RUN/ood.npz``.
-
-    Draws ``n_ref`` training-split and ``n_cal`` test-split grid rows (validation rows when
-    the test split is empty), observes each once with fresh noise through the training noise
-    path (:class:`cvae_pms.train.TrainingNoise`: G and transits drawn from the run's noise
-    config), and fits :func:`fit_ood_index` on their standardised features. ``cvae-pms
-    train`` calls this at the end; ``cvae-pms infer`` calls it when ``ood.npz`` is absent.
-
-    Raises:
-        OODError: the training grid is missing or changed, or a split is empty.
-    """
-    import tensorflow as tf
-
-    from cvae_pms.grid.gridfile import GridError, open_grid
-    from cvae_pms.model.rundir import load_run
-    from cvae_pms.train import TrainingNoise
-    from cvae_pms.xp.noise import NoiseModel
-    from cvae_pms.xp.photometry import g_mag
-
-    run_dir = Path(run_dir)
-    run = run or load_run(run_dir)
-    if model_hash is None:
-        from cvae_pms.infer import model_hash as _hash
-
-        model_hash = _hash(run_dir)
-    grid_path = run.grid_info.get("path", "")
-    try:
-        grid = open_grid(grid_path)
-    except (GridError, OSError) as exc:
-        raise OODError(f"{run_dir}: cannot open the training grid {grid_path!r} to build the "
-                       f"OOD index ({exc})") from exc
-    rng = np.random.default_rng(seed)
-    split = run.split()
-    cal_rows = split.get("test", np.zeros(0, np.int64))
-    if cal_rows.size == 0:
-        cal_rows = split.get("val", np.zeros(0, np.int64))
-    train_rows = split.get("train", np.zeros(0, np.int64))
-    if train_rows.size <= k or cal_rows.size == 0:
-        raise OODError(f"{run_dir}: split.npz has {train_rows.size} training and "
-                       f"{cal_rows.size} test rows; the OOD index needs > {k} and > 0")
-    with grid:
-        if grid.content_hash != run.grid_info.get("content_hash", grid.content_hash):
-            raise OODError(f"{run_dir}: the grid at {grid_path} changed since training "
-                           f"(content hash differs)")
-        prior_unit = params.to_unit(grid.params[np.sort(train_rows)])
-        noise_fields = set(NoiseModel.__dataclass_fields__)
-        noise_model = NoiseModel.from_dict({key: v for key, v in run.noise.items()
-                                            if key in noise_fields})
-        noise = TrainingNoise(run.featuriser, noise_model, run.config["noise"])
-        feats = []
-        for j, rows in enumerate((train_rows, cal_rows)):
-            n = min(n_ref if j == 0 else n_cal, rows.size)
-            pick = np.sort(rng.choice(rows, size=n, replace=False))
-            bp, rp = grid.coefficients(pick)
-            g0 = np.asarray(g_mag(bp, rp), dtype=np.float32)
-            out = []
-            for i in range(0, n, 1024):
-                sl = slice(i, i + 1024)
-                y, _ = noise.observe(tf.constant(bp[sl], tf.float32),
-                                     tf.constant(rp[sl], tf.float32), tf.constant(g0[sl]),
-                                     tf.constant([seed, 1000 * j + i // 1024], tf.int64))
-                out.append(y.numpy())
-            feats.append(np.concatenate(out))
-    index = fit_ood_index(feats[0], feats[1], k=k, prior_unit=prior_unit,
-                          meta={"model_hash": model_hash, "seed": seed, "n_ref": feats[0].shape[0],
-                                "n_cal": feats[1].shape[0], "grid": grid_path})
-    if save:
-        save_ood_index(index, run_dir / OOD_FILE)
-    return index
+def rebuild_hint(run_dir: str | os.PathLike) -> str:
+    """The command that (re)builds a model dir's ``ood.npz`` (needs the training grid)."""
+    return f"cvae-pms ood rebuild {run_dir} [--grid GRID]"
 
 
-def load_or_build_ood_index(run, model_hash: str, log=None) -> OODIndex:
-    """The cached ``RUN/ood.npz`` when it belongs to this model (same hash), else build it.
+def load_run_ood_index(run, model_hash: str) -> OODIndex:
+    """The OOD index ``RUN/ood.npz`` of a loaded run, written by ``train`` for this model.
 
-    ``ood.npz`` is a cache: a damaged one is rebuilt like a missing one. Building needs the
-    training grid; without it a damaged index is refused with its name and how to rebuild it.
+    Inference never rebuilds it (that needs the training grid): a missing, damaged or stale
+    (made for another version of the weights) index raises :class:`OODError` naming the file
+    and the command that rebuilds it (:func:`rebuild_hint`).
     """
     path = Path(run.path) / OOD_FILE
-    damaged = None
-    if path.is_file():
-        try:
-            index = load_ood_index(path)
-        except OODError as exc:
-            damaged = exc
-            if log:
-                log(f"{exc}; rebuilding it")
-        else:
-            if index.meta.get("model_hash") == model_hash:
-                return index
-            if log:
-                log(f"{path}: made for another model version; rebuilding")
-    elif log:
-        log(f"{path}: no OOD index yet; building it (once per model)")
+    how = (f"rebuild it where the training grid is available with '{rebuild_hint(run.path)}'"
+           f" (grid recorded at training: {run.grid_info.get('path', '?')}), or restore "
+           f"{OOD_FILE} from a copy of the model dir")
+    if not path.is_file():
+        raise OODError(f"{path}: no OOD index in the model dir; {how}")
     try:
-        index = build_ood_index(run.path, run=run, model_hash=model_hash, save=False)
+        index = load_ood_index(path)
     except OODError as exc:
-        if damaged is None:
-            raise
-        raise OODError(f"{path}: damaged OOD index, and it cannot be rebuilt here ({exc}). "
-                       f"Restore {path.name} from a copy of the model dir, or delete it and "
-                       f"run 'cvae-pms infer' once where the training grid "
-                       f"{run.grid_info.get('path', '')} is available (it is rebuilt and "
-                       f"cached)") from exc
-    try:
-        save_ood_index(index, path)
-    except OSError as exc:
-        if log:
-            log(f"{path}: cannot cache the OOD index ({exc.strerror or exc}); it is rebuilt "
-                f"on every run")
+        raise OODError(f"{exc}; {how}") from exc
+    if index.meta.get("model_hash") != model_hash:
+        raise OODError(f"{path}: OOD index made for another version of the model (model hash "
+                       f"differs); {how}")
     return index

@@ -32,132 +32,12 @@ import numpy as np
 
 from cvae_pms import params as P
 from cvae_pms.atomic import atomic_path, write_text_atomic
-from cvae_pms.xp.noise import NoiseModel, draw_model_error, draw_observation
-from cvae_pms.xp.photometry import scale_to_g
-from cvae_pms.errors import CvaePmsError
+from cvae_pms.simulator import (MODEL_ERROR_RIDGE_ALPHA, SimulateError, draw_g_transits,
+                                simulate_observations)
+from cvae_pms.xp.noise import NoiseModel
 
 ROW_CHOICES = ("test", "all")
 FORWARD_DISTANCE_PC = 10.0
-#: Ridge strength (x the largest singular value) of the flux -> coefficient map of the model
-#: error: 1e-3 keeps 94-100 % (median 99 %) of the flux-space variance at 400-1000 nm while
-#: keeping the perturbation out of the directions the calibration barely constrains (with the
-#: ingest ridge, 1e-4, its chi^2 in the archive-covariance metric of a G = 12 star was ~31,000;
-#: with 1e-3 ~1,000).
-MODEL_ERROR_RIDGE_ALPHA = 1e-3
-
-
-class SimulateError(CvaePmsError, ValueError):
-    """Bad simulation input (file, row, column or option named)."""
-
-
-@dataclass
-class Observations:
-    """Simulated observations of n sources (coefficients in archive units)."""
-
-    bp: np.ndarray
-    rp: np.ndarray
-    bp_cov: np.ndarray
-    rp_cov: np.ndarray
-    g_mag: np.ndarray
-    n_transits: np.ndarray
-    flux_factor: np.ndarray
-
-
-def draw_model_error_coefficients(bp: np.ndarray, rp: np.ndarray, rng: np.random.Generator,
-                                  noise_model: NoiseModel | None = None, teff=None,
-                                  model_error=None) -> tuple[np.ndarray, np.ndarray]:
-    """Coefficient perturbations (dbp, drp), each (n, 55), of one forward-model-error draw.
-
-    The flux-space draw is the one training adds (:class:`cvae_pms.train.TrainingNoise`):
-    ``|flux| delta`` with ``delta`` from :meth:`cvae_pms.xp.model_error.ModelError.draw` at the
-    stars' true ``teff`` [K] (n,) (None: the population-average term), ``model_error`` the term
-    (default :meth:`~cvae_pms.xp.model_error.ModelError.default`), ``flux`` the
-    calibrated flux (W m^-2 nm^-1, 343 pixels) of the given coefficients. It is mapped to
-    coefficients with the ridge least-squares matrix of
-    :func:`cvae_pms.xp.flux_fit.ridge_projection` (linear, so exact for the 110-dim part of the
-    flux the coefficients can carry; it keeps 98-102 % of the per-pixel variance at 400-1000 nm).
-    """
-    from cvae_pms.xp.flux_fit import ridge_projection
-    from cvae_pms.xp.sampling import sampled_flux
-
-    from cvae_pms.xp.model_error import ModelError
-    flux = sampled_flux(bp, rp)
-    term = model_error or ModelError.default()
-    d = term.draw(flux, teff, rng) @ ridge_projection(MODEL_ERROR_RIDGE_ALPHA).T
-    return d[:, :55], d[:, 55:]
-
-
-def model_error_coefficient_covariance(bp: np.ndarray, rp: np.ndarray,
-                                       noise_model: NoiseModel | None = None,
-                                       teff: float | None = None, model_error=None) -> np.ndarray:
-    """Covariance (110, 110), BP then RP, of :func:`draw_model_error_coefficients`: ``P S P^T``.
-
-    ``S`` (343, 343) = ``flux_i C_ij(T_eff) flux_j`` with ``C`` the fractional model-error
-    covariance (:meth:`cvae_pms.xp.model_error.ModelError.covariance`; ``teff`` None: the
-    node average) at the calibrated flux of ``bp``/``rp`` (55,), ``P`` the same ridge map
-    (110, 343).
-    """
-    from cvae_pms.xp.flux_fit import ridge_projection
-    from cvae_pms.xp.model_error import ModelError
-    from cvae_pms.xp.sampling import sampled_flux
-
-    proj = ridge_projection(MODEL_ERROR_RIDGE_ALPHA)
-    flux = np.abs(sampled_flux(np.asarray(bp, np.float64).reshape(1, 55),
-                               np.asarray(rp, np.float64).reshape(1, 55)))[0]
-    term = model_error or ModelError.default()
-    s = flux[:, None] * term.covariance(teff) * flux[None, :]
-    cov = proj @ s @ proj.T
-    return 0.5 * (cov + cov.T)
-
-
-def simulate_observations(bp: np.ndarray, rp: np.ndarray, g_mag: np.ndarray | float,
-                          n_transits: np.ndarray | float, rng: np.random.Generator,
-                          noise_model: NoiseModel | None = None,
-                          model_error: bool = True, errors_from: str = "observed",
-                          teff: np.ndarray | None = None, model_error_term=None) -> Observations:
-    """Scale noise-free coefficients to ``g_mag`` and draw one noisy observation per row.
-
-    As in training: coefficient noise ``N(c, Cov(c))`` first, then (``model_error``) a
-    forward-model-error draw at the calibrated flux of that noisy observation, added in
-    coefficient space (:func:`draw_model_error_coefficients`). The returned covariances are the
-    coefficient-noise covariances only, estimated from the noisy coefficients as an archive's
-    errors are (``errors_from = "true"``: at the noise-free ones, for diagnostics only; see
-    :func:`cvae_pms.xp.noise.tf_draw_observation`).
-
-    Args:
-        bp, rp: (n, 55) noise-free coefficients (any flux scale).
-        g_mag: (n,) or scalar target G magnitudes.
-        n_transits: (n,) or scalar transit counts.
-        rng: numpy Generator for the noise.
-        noise_model: XP noise constants (default :meth:`NoiseModel.default`).
-        model_error: add the model-error perturbation (default True).
-        teff: (n,) true T_eff [K] of the rows, for the T_eff-dependent model error (None: the
-            population-average term).
-        model_error_term: the :class:`~cvae_pms.xp.model_error.ModelError` (default: shipped).
-
-    Returns:
-        :class:`Observations` with the noisy coefficients, their covariances, G, transits and the
-        flux factor applied (10^(-0.4 (G_target - G_input))).
-    """
-    bp = np.atleast_2d(np.asarray(bp, float))
-    rp = np.atleast_2d(np.asarray(rp, float))
-    n = bp.shape[0]
-    g = np.broadcast_to(np.asarray(g_mag, float), (n,)).copy()
-    nt = np.broadcast_to(np.asarray(n_transits, float), (n,)).copy()
-    bp_s, rp_s, factor = scale_to_g(bp, rp, g)
-    bad = ~np.isfinite(factor) | ~(factor > 0)
-    if bad.any():
-        raise SimulateError(f"row {int(np.argmax(bad))}: G magnitude of the input coefficients is "
-                            "undefined (non-positive flux); cannot scale it")
-    obs_bp, obs_rp, cov_bp, cov_rp = draw_observation(bp_s, rp_s, nt, rng, noise_model,
-                                                      errors_from)
-    if model_error:
-        d_bp, d_rp = draw_model_error_coefficients(obs_bp, obs_rp, rng, noise_model, teff,
-                                                   model_error_term)
-        obs_bp, obs_rp = obs_bp + d_bp, obs_rp + d_rp
-    return Observations(obs_bp, obs_rp, cov_bp, cov_rp, g, nt, np.asarray(factor, float))
-
-
 def parse_range(text: str, what: str, integer: bool = False) -> tuple[float, float]:
     """``"12:17"`` -> (12, 17); ``"15"`` -> (15, 15). Raises :class:`SimulateError`."""
     parts = str(text).split(":")
@@ -374,9 +254,8 @@ def simulate(out: str | os.PathLike, g_range: tuple[float, float], transit_range
         bp, rp = _forward(theta)
         d_ref = FORWARD_DISTANCE_PC
     m = theta.shape[0]
-    g = rng.uniform(g_range[0], g_range[1], size=m) if g_range[1] > g_range[0] else np.full(m, g_range[0])
-    nt = rng.integers(int(transit_range[0]), int(transit_range[1]) + 1, size=m).astype(float)
-    obs = simulate_observations(bp, rp, g, nt, rng, noise_model, model_error=model_error,
+    g, nt = draw_g_transits(rng, m, g_range, transit_range)
+    obs = simulate_observations(bp, rp, g, nt.astype(float), rng, noise_model, model_error=model_error,
                                 teff=theta[:, P.INDEX["teff"]],
                                 model_error_term=_run_model_error(run_dir))
     source_id = np.arange(1, m + 1, dtype=np.int64)
@@ -428,7 +307,5 @@ def simulate(out: str | os.PathLike, g_range: tuple[float, float], transit_range
                           warnings)
 
 
-__all__ = ["Observations", "SimulateError", "SimulateReport", "simulate", "simulate_observations",
-           "draw_model_error_coefficients", "model_error_coefficient_covariance",
-           "MODEL_ERROR_RIDGE_ALPHA",
-           "parse_range", "read_params_table", "check_g_range", "ROW_CHOICES"]
+__all__ = ["SimulateReport", "simulate", "parse_range", "read_params_table", "check_g_range",
+           "ROW_CHOICES"]

@@ -24,6 +24,7 @@ import numpy as np
 
 from cvae_pms import params as P
 from cvae_pms.errors import CvaePmsError
+from cvae_pms.simulator import TrainingLuminosity, TrainingNoise, unit_teff
 
 #: Every default of a training config (``training/*.toml`` override these).
 DEFAULT_CONFIG: dict = {
@@ -162,115 +163,6 @@ def split_indices(n: int, seed: int, val_fraction: float, test_fraction: float
             "train": np.sort(perm[n_val + n_test:])}
 
 
-# ------------------------------------------------------------------------------ noise
-class TrainingNoise:
-    """The training noise path: noiseless coefficients -> features of a noisy observation.
-
-    ``observe_at`` (fixed G and transits) is what the noise-parity test compares with a
-    simulated observation; ``observe`` draws G ~ U(g_min, g_max) and integer transits
-    ~ U{transits_min..transits_max} per row first. All random numbers are stateless.
-    The forward-model error (:class:`cvae_pms.xp.model_error.ModelError`, from the config's
-    ``noise.model_error`` unless given) is drawn at each row's true T_eff (``teff``; None:
-    the population-average term).
-    """
-
-    def __init__(self, featuriser, noise_model, noise_cfg: dict, model_error=None):
-        import tensorflow as tf
-        from cvae_pms.xp.model_error import ModelError
-        self.tf = tf
-        self.feat = featuriser
-        self.model = noise_model
-        self.cfg = dict(noise_cfg)
-        self.model_error = model_error or ModelError.from_config(self.cfg, noise_model)
-        # The flux-space draw goes through flux -> coefficients -> flux (the ridge map that
-        # simulate uses, cvae_pms.simulate.MODEL_ERROR_RIDGE_ALPHA): an XP spectrum can carry
-        # only the part of a perturbation its 110 coefficients can express.
-        from cvae_pms.simulate import MODEL_ERROR_RIDGE_ALPHA
-        from cvae_pms.xp.flux_fit import ridge_projection
-        from cvae_pms.xp.sampling import calibration_matrices
-        a = np.vstack(calibration_matrices())
-        self.me_projection = tf.constant(ridge_projection(MODEL_ERROR_RIDGE_ALPHA).T @ a,
-                                         tf.float32)
-
-    def observe_at(self, bp0, rp0, g0, g, n_transits, seed, standardise: bool = True,
-                   copies: int = 1, teff=None):
-        """Features (n k, 686) and log10 norm (n k,) of noisy observations at magnitude ``g``.
-
-        ``bp0, rp0`` (n, 55) noiseless coefficients of magnitude ``g0`` (n,); ``g`` and
-        ``n_transits`` (n,); ``seed`` a stateless seed (2,). With ``copies = k`` every row gets
-        k independent noise draws at the same G and transits (rows repeated as
-        ``tf.repeat(..., k, axis=0)``): the Fisher matrix of the noise-free spectrum and its
-        Cholesky factor, which the draws need, are computed once per row. The error features
-        come, as in the archive, from the noise model at each *noisy* draw (one more Fisher
-        matrix and triangular solve per draw; :func:`cvae_pms.xp.noise.tf_draw_observation`
-        explains why errors at the noise-free spectrum are wrong).
-        """
-        tf = self.tf
-        from cvae_pms.xp.noise import tf_draw_from_cholesky, tf_information_cholesky
-        s = tf.pow(10.0, -0.4 * (tf.cast(g, tf.float32) - tf.cast(g0, tf.float32)))[:, None]
-        bp, rp = tf.cast(bp0, tf.float32) * s, tf.cast(rp0, tf.float32) * s
-        seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 3)
-        # One float64 Cholesky of each Fisher matrix: draws L_F^{-T} z.
-        chols = tf_information_cholesky(bp, rp, n_transits, self.model)
-        obs = []
-        for k, (c, chol) in enumerate(zip((bp, rp), chols)):
-            z = tf.random.stateless_normal(tf.concat([tf.shape(c)[:1], [copies, 55]], 0),
-                                           seed=seeds[k], dtype=tf.float64)
-            noise = tf_draw_from_cholesky(chol, z)                        # (n, copies, 55)
-            obs.append(tf.reshape(tf.cast(c, tf.float64)[:, None] + noise, [-1, 55]))
-        nt_obs = tf.repeat(tf.cast(tf.reshape(n_transits, [-1]), tf.float64), copies, axis=0)
-        chols_obs = tf_information_cholesky(obs[0], obs[1], nt_obs, self.model)
-        var = self.feat.flux_variance_from_information(obs[0], obs[1], chols_obs)
-        flux, unit = self.feat.scaled_flux(obs[0], obs[1])
-        t_rep = None if teff is None else tf.repeat(tf.reshape(teff, [-1]), copies, axis=0)
-        flux = flux + self.model_error.tf_draw(flux, t_rep, seeds[2]) @ self.me_projection
-        var = var + self.feat.model_error_variance(flux)
-        return self.feat.from_flux(flux, var, unit, standardise)
-
-    def observe(self, bp0, rp0, g0, seed, standardise: bool = True, copies: int = 1,
-                return_g: bool = False, teff=None):
-        """:meth:`observe_at` with G and transits drawn per row (``return_g``: also G (n,));
-        ``teff`` (n,) [K] the rows' true T_eff for the model-error draw."""
-        tf = self.tf
-        c = self.cfg
-        seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 3)
-        n = tf.shape(bp0)[:1]
-        g = tf.random.stateless_uniform(n, seeds[0], c["g_min"], c["g_max"])
-        nt = tf.floor(tf.random.stateless_uniform(n, seeds[1], float(c["transits_min"]),
-                                                  float(c["transits_max"]) + 1.0))
-        out = self.observe_at(bp0, rp0, g0, g, nt, seeds[2], standardise, copies, teff)
-        return (*out, g) if return_g else out
-
-
-class TrainingLuminosity:
-    """The training draw of the luminosity channel (``[luminosity]`` config, grid ``d_ref``).
-
-    ``inputs`` turns the noisy log10 norm of a draw of :meth:`TrainingNoise.observe` and the
-    G it was scaled to into the 3 luminosity inputs, with a parallax drawn by
-    :func:`cvae_pms.astrometry.tf_draw_parallax` and the channel computed exactly as at
-    inference (:func:`cvae_pms.astrometry.tf_luminosity_channel`).
-    """
-
-    def __init__(self, featuriser, lum_cfg: dict, reference_distance_pc: float):
-        self.feat = featuriser
-        self.cfg = dict(lum_cfg)
-        self.d_ref = float(reference_distance_pc)
-
-    def raw(self, log10_norm, g0, g, seed, copies: int = 1):
-        """(value, error, present) (n copies,) of rows scaled from ``g0`` to ``g`` (n,)."""
-        import tensorflow as tf
-        from cvae_pms.astrometry import tf_draw_parallax, tf_luminosity_channel
-        c = self.cfg
-        plx, err = tf_draw_parallax(tf.repeat(g0, copies, axis=0), tf.repeat(g, copies, axis=0),
-                                    self.d_ref, (c["frac_error_min"], c["frac_error_max"]),
-                                    c["drop_fraction"], seed)
-        return tf_luminosity_channel(log10_norm, plx, err, c["min_parallax_over_error"])
-
-    def inputs(self, log10_norm, g0, g, seed, copies: int = 1):
-        """The 3 standardised luminosity inputs (n copies, 3)."""
-        return self.feat.luminosity_inputs(*self.raw(log10_norm, g0, g, seed, copies))
-
-
 def check_luminosity_config(lum_cfg: dict, reference_distance_pc: float | None,
                             grid_path) -> None:
     """Refuse ``luminosity.enabled`` on a grid without absolute fluxes, or bad ranges."""
@@ -310,12 +202,6 @@ class GridRows:
         return len(self.g)
 
 
-def unit_teff(x):
-    """T_eff [K] from [0, 1]-scaled parameters (n, 7) (numpy or TF tensors alike)."""
-    i = P.INDEX["teff"]
-    return float(P.LOW[i]) + x[:, i] * float(P.HIGH[i] - P.LOW[i])
-
-
 def read_grid_rows(grid) -> GridRows:
     """All rows of an open grid as :class:`GridRows` (G from :func:`cvae_pms.xp.photometry.g_mag`)."""
     from cvae_pms.model.cvae import unit_targets
@@ -334,13 +220,13 @@ def read_grid_rows(grid) -> GridRows:
 def write_history(path: Path, rows: list[dict]) -> None:
     """History CSV with :data:`HISTORY_COLUMNS` (atomic)."""
     import io
-    from cvae_pms.model.rundir import atomic_write_text
+    from cvae_pms.atomic import write_text_atomic
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=HISTORY_COLUMNS)
     w.writeheader()
     for r in rows:
         w.writerow({k: r[k] for k in HISTORY_COLUMNS})
-    atomic_write_text(path, buf.getvalue())
+    write_text_atomic(path, buf.getvalue())
 
 
 def read_history(path: Path) -> list[dict]:
@@ -356,12 +242,12 @@ def plot_history(path: Path, rows: list[dict], annealing: dict) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from cvae_pms.model.rundir import atomic_write_bytes
+    from cvae_pms.atomic import write_bytes_atomic
     ep = [r["epoch"] for r in rows]
     from cvae_pms.plots import plain_text
     with plain_text():
         png = _draw_history(plt, ep, rows, annealing)
-    atomic_write_bytes(path, png)
+    write_bytes_atomic(path, png)
 
 
 def _draw_history(plt, ep: list[int], rows: list[dict], annealing: dict) -> bytes:
@@ -393,6 +279,8 @@ class TrainResult:
     samples_per_s: float = 0.0
     wall_s: float = 0.0
     device: str = "CPU"
+    ood_threshold: float | None = None
+    ood_note: str = ""
 
 
 def _tb_scalar(tag: str, value: float, step: int) -> None:
@@ -532,8 +420,13 @@ def _fill_stored_defaults(stored: dict) -> None:
 
 def train(grid_path: str | Path, config: str | Path, out: str | Path, *, resume: bool = False,
           overrides: tuple[str, ...] | list[str] = (), mixed_precision: bool = False,
-          noise_model=None, log: Callable[[str], None] = print) -> TrainResult:
+          noise_model=None, log: Callable[[str], None] = print,
+          ood: bool | dict = True) -> TrainResult:
     """Train a CVAE on a grid file and write the model dir ``out`` (see :mod:`.model.rundir`).
+
+    At the end the out-of-distribution index ``out/ood.npz`` is built from the training grid
+    (:func:`cvae_pms.ood_build.build_ood_index`; ``ood``: False to skip it, a dict for that
+    function's keyword arguments); inference needs it and never rebuilds it.
 
     ``out`` must be creatable (or an existing writable folder) before anything else is done,
     and is locked (``<out>.lock``, :class:`cvae_pms.outputs.OutputLock`) while training.
@@ -559,8 +452,39 @@ def train(grid_path: str | Path, config: str | Path, out: str | Path, *, resume:
 
     check_output_dir(out, what="model dir")
     with output_locks([out], log=log):
-        return _train(grid_path, config, out, resume=resume, overrides=overrides,
-                      mixed_precision=mixed_precision, noise_model=noise_model, log=log)
+        result = _train(grid_path, config, out, resume=resume, overrides=overrides,
+                        mixed_precision=mixed_precision, noise_model=noise_model, log=log)
+        if ood is not False:
+            _build_ood(result, {} if ood is True else dict(ood))
+        return result
+
+
+def _build_ood(result: TrainResult, kwargs: dict) -> None:
+    """Build ``RUN/ood.npz`` after training when the weights changed or the index is missing
+    or stale; a failure is recorded in ``result.ood_note`` (training itself succeeded)."""
+    from cvae_pms.model.rundir import WEIGHTS, model_hash
+    from cvae_pms.ood import OOD_FILE, OODError, load_ood_index, rebuild_hint
+    from cvae_pms.ood_build import build_ood_index
+
+    run = result.run_dir
+    if not (run / WEIGHTS).is_file():
+        return
+    digest = model_hash(run)
+    if not result.epochs_run and (run / OOD_FILE).is_file():
+        try:
+            index = load_ood_index(run / OOD_FILE)
+            if index.meta.get("model_hash") == digest:
+                result.ood_threshold = index.threshold
+                return
+        except OODError:
+            pass
+    try:
+        index = build_ood_index(run, model_hash=digest, **kwargs)
+    except OODError as exc:
+        result.ood_note = (f"no OOD index built ({exc}); inference refuses this model until "
+                           f"'{rebuild_hint(run)}' succeeds")
+        return
+    result.ood_threshold = index.threshold
 
 
 def _train(grid_path: str | Path, config: str | Path, out: str | Path, *, resume: bool,

@@ -65,7 +65,6 @@ TINY_OVERRIDES = (
 
 def make_run(tmp: Path, epochs: int = 4, n: int = 1500, ood: bool = True) -> Path:
     """Train a tiny CVAE on a stand-in grid into ``tmp/run`` (and build its OOD index)."""
-    from cvae_pms.ood import build_ood_index
     from cvae_pms.train import train
 
     tmp.mkdir(parents=True, exist_ok=True)
@@ -74,9 +73,8 @@ def make_run(tmp: Path, epochs: int = 4, n: int = 1500, ood: bool = True) -> Pat
     cfg.write_text("# tiny test recipe (everything else: cvae_pms.train.DEFAULT_CONFIG)\n")
     run = tmp / "run"
     train(grid, cfg, run, overrides=TINY_OVERRIDES + (f"training.epochs={epochs}",),
-          noise_model=noise_model(), log=lambda s: None)
-    if ood:
-        build_ood_index(run, n_ref=600, n_cal=150, k=10, seed=0)
+          noise_model=noise_model(), log=lambda s: None,
+          ood=dict(n_ref=600, n_cal=150, k=10, seed=0) if ood else False)
     return run
 
 

@@ -198,7 +198,7 @@ def test_infer_end_to_end_flags_and_columns(grid, observed, tmp_path):
 def test_ingested_grid_model_has_no_check(tmp_path):
     from helpers_infer import make_run
     from cvae_pms.infer import infer
-    run = make_run(tmp_path, epochs=1, n=800, ood=False)
+    run = make_run(tmp_path, epochs=1, n=800)
     obs = tmp_path / "obs.csv"
     res = CliRunner().invoke(main, ["simulate", "--grid", str(tmp_path / "grid.h5"), "--n", "5",
                                     "--rows", "all", "--g-mag", "13", "--seed", "1",

@@ -43,15 +43,14 @@ def _lum_grid(path, n=1000, seed=0):
 
 @pytest.fixture(scope="module")
 def lum_run(tmp_path_factory):
-    from cvae_pms.ood import build_ood_index
     base = tmp_path_factory.mktemp("lum")
     grid = _lum_grid(base / "grid.h5")
     cfg = base / "tiny.toml"
     cfg.write_text("[luminosity]\nenabled = true\n")
     run = base / "run"
     train(grid, cfg, run, overrides=h.TINY_OVERRIDES + ("training.epochs=3",),
-          noise_model=h.noise_model(), log=lambda s: None)
-    build_ood_index(run, n_ref=400, n_cal=100, k=10, seed=0)
+          noise_model=h.noise_model(), log=lambda s: None,
+          ood=dict(n_ref=400, n_cal=100, k=10, seed=0))
     return run
 
 

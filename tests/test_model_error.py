@@ -6,8 +6,8 @@ import pytest
 from scipy import linalg, special
 
 from cvae_pms.diagnostics import reference_mcmc
-from cvae_pms.simulate import (draw_model_error_coefficients, model_error_coefficient_covariance,
-                               simulate_observations)
+from cvae_pms.simulator import (draw_model_error_coefficients, model_error_coefficient_covariance,
+                                simulate_observations)
 from cvae_pms.xp.flux_fit import flux_to_coefficients, ridge_projection
 from cvae_pms.xp.model_error import ModelError
 from cvae_pms.xp.noise import NoiseModel
@@ -109,7 +109,8 @@ def test_empirical_model_error_depends_on_teff_and_survives_projection(star):
 @pytest.fixture(scope="module")
 def training_noise():
     from cvae_pms.features import Featuriser, FeatureSpec
-    from cvae_pms.train import DEFAULT_CONFIG, TrainingNoise
+    from cvae_pms.simulator import TrainingNoise
+    from cvae_pms.train import DEFAULT_CONFIG
 
     model = NoiseModel.default()
     feat = Featuriser(FeatureSpec(model_error_frac=np.full(343, model.model_error_fraction)))

@@ -8,6 +8,7 @@ import pytest
 
 from cvae_pms import params
 from cvae_pms import ood
+from cvae_pms.ood_build import build_ood_index
 
 import helpers_infer as h
 
@@ -60,8 +61,9 @@ def test_bound_flags():
 
 
 @pytest.mark.slow  # trains the session's shared tiny run when it runs first (~20 s)
-def test_build_and_cache_for_a_run(tmp_path_factory):
-    from cvae_pms.infer import load_model, model_hash
+def test_built_by_train_and_read_by_infer(tmp_path_factory):
+    from cvae_pms.infer import load_model
+    from cvae_pms.model.rundir import model_hash
 
     run = h.shared_run(tmp_path_factory)
     cached = ood.load_ood_index(run / ood.OOD_FILE)
@@ -71,6 +73,70 @@ def test_build_and_cache_for_a_run(tmp_path_factory):
     model = load_model(run)
     assert os.stat(run / ood.OOD_FILE).st_mtime_ns == mtime  # reused, not rebuilt
     assert model.ood.threshold == cached.threshold
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage, why", [
+    (lambda p: p.unlink(), "no OOD index"),
+    (lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 2]), "cannot read OOD index"),
+], ids=["missing", "damaged"])
+def test_missing_or_damaged_index_is_refused_and_rebuilt_by_the_command(
+        tmp_path_factory, tmp_path, damage, why):
+    """Inference never rebuilds ood.npz (that needs the training grid): it names the file and
+    the rebuild command; ``cvae-pms ood rebuild RUN`` then restores identical OOD flags."""
+    import shutil
+
+    from click.testing import CliRunner
+
+    from cvae_pms.cli import main
+    from cvae_pms.infer import InferError, load_model
+
+    run = tmp_path / "run"
+    shutil.copytree(h.shared_run(tmp_path_factory), run)
+    build_ood_index(run)                                 # the settings the command uses
+    before = load_model(run).ood
+    damage(run / ood.OOD_FILE)
+    with pytest.raises(InferError) as err:
+        load_model(run)
+    assert str(run / ood.OOD_FILE) in str(err.value) and why in str(err.value)
+    assert f"cvae-pms ood rebuild {run}" in str(err.value)
+    r = CliRunner().invoke(main, ["ood", "rebuild", str(run)])
+    assert r.exit_code == 0, r.output
+    after = load_model(run).ood
+    assert after.threshold == before.threshold
+    np.testing.assert_array_equal(after.reference, before.reference)
+    feats = np.random.default_rng(0).normal(size=(20, before.reference.shape[1]))
+    np.testing.assert_array_equal(after.is_ood(after.distance(feats)),
+                                  before.is_ood(before.distance(feats)))
+
+
+@pytest.mark.slow
+def test_stale_index_and_moved_grid(tmp_path_factory, tmp_path):
+    """An index of other weights is refused; the rebuild command finds a moved grid with
+    --grid and refuses a grid with other content."""
+    import shutil
+
+    from click.testing import CliRunner
+
+    from cvae_pms.cli import main
+    from cvae_pms.infer import InferError, load_model
+
+    shared = h.shared_run(tmp_path_factory)
+    run = tmp_path / "run"
+    shutil.copytree(shared, run)
+    idx = ood.load_ood_index(run / ood.OOD_FILE)
+    idx.meta["model_hash"] = "0" * 64
+    ood.save_ood_index(idx, run / ood.OOD_FILE)
+    with pytest.raises(InferError, match="another version of the model"):
+        load_model(run)
+    moved = tmp_path / "moved.h5"
+    shutil.copyfile(shared.parent / "grid.h5", moved)
+    other = h.make_grid(tmp_path / "other.h5", n=300, seed=9)
+    r = CliRunner().invoke(main, ["ood", "rebuild", str(run), "--grid", str(other)])
+    assert r.exit_code == 1 and "content hash differs" in r.output
+    r = CliRunner().invoke(main, ["ood", "rebuild", str(run), "--grid", str(moved)])
+    assert r.exit_code == 0, r.output
+    assert load_model(run).ood.meta["grid"] == str(moved)
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +153,7 @@ def wide_run(tmp_path_factory):
     cfg.write_text("# tiny test recipe\n")
     train(grid, cfg, base / "run", noise_model=h.noise_model(), log=lambda s: None,
           overrides=h.TINY_OVERRIDES + ("training.epochs=1", "training.val_fraction=0.3",
-                                        "training.test_fraction=0.3"))
+                                        "training.test_fraction=0.3"), ood=False)
     return base / "run"
 
 
@@ -97,7 +163,7 @@ def _fresh_features(run_dir, rows, seed):
 
     from cvae_pms.grid.gridfile import open_grid
     from cvae_pms.model.rundir import load_run
-    from cvae_pms.train import TrainingNoise
+    from cvae_pms.simulator import TrainingNoise
     from cvae_pms.xp.noise import NoiseModel
     from cvae_pms.xp.photometry import g_mag
 
@@ -132,8 +198,8 @@ def test_fresh_in_distribution_rate_is_the_nominal_one_percent(wide_run):
 
     split = load_run(wide_run).split()
     n_train = split["train"].size
-    index = ood.build_ood_index(wide_run, n_ref=n_train, n_cal=split["test"].size, k=10,
-                                seed=0, save=False)
+    index = build_ood_index(wide_run, n_ref=n_train, n_cal=split["test"].size, k=10,
+                            seed=0, save=False)
     n_cal = index.calibration_distance.size
     assert n_cal == split["test"].size == split["val"].size == 1800
     fresh = index.distance(_fresh_features(wide_run, split["val"], seed=12345))

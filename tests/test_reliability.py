@@ -209,16 +209,19 @@ def test_2_damaged_model_dir_file_is_named(run, obs_dir, tmp_path, damage, named
     assert not out.exists() and strays(tmp_path) == []
 
 
-def test_2_damaged_ood_cache_is_rebuilt(run, obs_dir, tmp_path):
+def test_2_damaged_ood_index_is_named_with_its_rebuild_command(run, obs_dir, tmp_path):
     model = tmp_path / "model"
     shutil.copytree(run, model)
     _truncate(model / "ood.npz")
     out = tmp_path / "post.h5"
-    r = cli(*infer_args(model, obs_dir / "obs.csv", out))
-    assert_ok(r)
-    assert f"{model / 'ood.npz'}: cannot read OOD index" in r.output and "rebuilding" in r.output
+    msg = assert_error(cli(*infer_args(model, obs_dir / "obs.csv", out)), model / "ood.npz",
+                       "cannot read OOD index")
+    assert f"cvae-pms ood rebuild {model}" in msg
+    assert not out.exists() and strays(tmp_path) == [] and strays(model) == []
+    assert_ok(cli("ood", "rebuild", model))
     with np.load(model / "ood.npz") as f:    # a complete file again
         assert f.files
+    assert_ok(cli(*infer_args(model, obs_dir / "obs.csv", out)))
     assert len(pf.read_posterior(out, samples=False).source_id) == N_OBS
     assert strays(tmp_path) == [] and strays(model) == []
 

@@ -10,7 +10,8 @@ from cvae_pms import params as P
 from cvae_pms.cli import main
 from cvae_pms.grid.gridfile import open_grid, write_grid
 from cvae_pms.grid.synth import synth_grid
-from cvae_pms.simulate import SimulateError, parse_range, simulate, simulate_observations
+from cvae_pms.simulate import parse_range, simulate
+from cvae_pms.simulator import SimulateError, simulate_observations
 from cvae_pms.xp.archive import read_xp
 from cvae_pms.xp.photometry import g_mag
 from cvae_pms.xp.sampling import sampled_flux, sampled_flux_error

@@ -26,6 +26,7 @@ COMMANDS: tuple[tuple[str, str], ...] = (
     ("xp_cmd", "xp"),
     ("crosscheck_cmd", "crosscheck"),
     ("train_cmd", "train"),
+    ("ood_cmd", "ood"),
     ("infer_cmd", "infer"),
     ("evaluate_cmd", "evaluate"),
     ("simulate_cmd", "simulate"),

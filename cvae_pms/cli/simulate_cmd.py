@@ -34,7 +34,8 @@ def simulate(grid_path: Path | None, n: int | None, rows: str, split_seed: int,
              parallax_error_frac: float, model_error: bool) -> None:
     """Write mock XP observations (noise from the XP noise model), a truth table and the
     settings (<stem>_simulate.json)."""
-    from cvae_pms.simulate import SimulateError, parse_range
+    from cvae_pms.simulate import parse_range
+    from cvae_pms.simulator import SimulateError
     from cvae_pms.simulate import simulate as run
 
     try:

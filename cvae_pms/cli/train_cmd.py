@@ -30,16 +30,11 @@ def train(grid_path: str, config: str, out: str, resume: bool, overrides: tuple[
                               mixed_precision=mixed_precision, log=click.echo)
     except (TrainingError, FeatureError, RunDirError, NoiseModelError) as exc:
         raise click.ClickException(str(exc)) from exc
-    if result.epochs_run and (Path(out) / "model.weights.h5").is_file():
-        from cvae_pms.ood import OODError, build_ood_index
-
-        try:
-            index = build_ood_index(out)
-            click.echo(f"OOD index: {Path(out) / 'ood.npz'} (threshold {index.threshold:.3g}, "
-                       f"~1 % of held-out spectra flagged)")
-        except OODError as exc:
-            click.echo(f"warning: no OOD index built ({exc}); infer builds it on first use",
-                       err=True)
+    if result.ood_note:
+        click.echo(f"warning: {result.ood_note}", err=True)
+    elif result.ood_threshold is not None:
+        click.echo(f"OOD index: {Path(out) / 'ood.npz'} (threshold {result.ood_threshold:.3g}, "
+                   f"~1 % of held-out spectra flagged)")
     last = result.history[-1] if result.history else {}
     click.echo(f"{result.stop_reason}; {len(result.history)} epochs in {out} "
                f"(this call: {result.epochs_run} epochs, {result.wall_s:.0f} s, "

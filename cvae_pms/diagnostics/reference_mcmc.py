@@ -173,7 +173,7 @@ class XPLikelihood:
 
     With ``model_error`` (default) the covariance also holds the noise model's forward-model
     error, the term training adds: ``C = blockdiag(bp_cov, rp_cov) + P S P^T``
-    (:func:`cvae_pms.simulate.model_error_coefficient_covariance`) with ``P`` the (110, 343)
+    (:func:`cvae_pms.simulator.model_error_coefficient_covariance`) with ``P`` the (110, 343)
     ridge map flux -> coefficients that simulated observations use, and ``S`` the model-error
     covariance (``model_error_term``, default the shipped one, at ``teff`` [K]: the star's true
     T_eff when known, else the node average) at the source's *observed* calibrated flux (as the
@@ -194,7 +194,7 @@ class XPLikelihood:
         self.covariance = linalg.block_diag(np.asarray(bp_cov, np.float64),
                                             np.asarray(rp_cov, np.float64))
         if model_error:
-            from cvae_pms.simulate import model_error_coefficient_covariance
+            from cvae_pms.simulator import model_error_coefficient_covariance
             self.covariance = self.covariance + model_error_coefficient_covariance(
                 obs[:55], obs[55:], noise_model, teff, model_error_term)
         self._chol = _cholesky(self.covariance)

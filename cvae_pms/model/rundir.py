@@ -15,6 +15,7 @@ Every file is written to ``<name>.tmp-<pid>`` and renamed into place.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -23,30 +24,21 @@ from pathlib import Path
 import numpy as np
 
 from cvae_pms import params as P
-from cvae_pms.atomic import atomic_path
+from cvae_pms.atomic import write_bytes_atomic, write_text_atomic
 from cvae_pms.features import FEATURE_VERSION, FeatureError, Featuriser, FeatureSpec
 from cvae_pms.errors import CvaePmsError
 
 WEIGHTS = "model.weights.h5"
+#: Files of a model dir that define its samples (hashed into :func:`model_hash`).
+MODEL_FILES = (WEIGHTS, "network.json", "features.json", "features.npz", "params.json")
 
 
 class RunDirError(CvaePmsError):
     """A model directory is missing, incomplete or incompatible (the message names it)."""
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via ``<path>.tmp-<pid>`` and ``os.replace``."""
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Text version of :func:`atomic_write_bytes` (UTF-8)."""
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
 def write_json(path: str | Path, obj) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=True, default=_json_default))
+    write_text_atomic(path, json.dumps(obj, indent=1, sort_keys=True, default=_json_default))
 
 
 def _json_default(o):
@@ -79,7 +71,7 @@ def save_static(directory: str | Path, *, network: dict, config: dict, config_to
     d.mkdir(parents=True, exist_ok=True)
     write_json(d / "network.json", network)
     write_json(d / "config.json", config)
-    atomic_write_text(d / "config.toml", config_toml)
+    write_text_atomic(d / "config.toml", config_toml)
     write_json(d / "params.json", P.table_dict())
     spec.save(d)
     write_json(d / "grid.json", grid_info)
@@ -87,7 +79,7 @@ def save_static(directory: str | Path, *, network: dict, config: dict, config_to
     import io
     buf = io.BytesIO()
     np.savez(buf, **{k: np.asarray(v, dtype=np.int64) for k, v in split.items()})
-    atomic_write_bytes(d / "split.npz", buf.getvalue())
+    write_bytes_atomic(d / "split.npz", buf.getvalue())
 
 
 @dataclass
@@ -138,6 +130,21 @@ class Run:
             cache[key] = PosteriorSampler(self.net, n_samples=n_samples, batch=batch)
         u = cache[key].sample_unit(y, seed=seed)
         return P.from_unit(u).astype(np.float32)
+
+
+def model_hash(run_dir: str | os.PathLike) -> str:
+    """sha256 (hex) over the files of a model dir that determine its samples
+    (:data:`MODEL_FILES`); recorded in ``ood.npz`` and in every posterior file."""
+    h = hashlib.sha256()
+    run = Path(run_dir)
+    for name in MODEL_FILES:
+        p = run / name
+        if p.is_file():
+            h.update(name.encode())
+            with open(p, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+    return h.hexdigest()
 
 
 def _read_json(path: Path, run: Path) -> dict:

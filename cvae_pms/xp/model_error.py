@@ -193,3 +193,15 @@ def _default() -> ModelError:
             raise ModelErrorError(f"{path}: model-error file missing (run "
                                   "scripts/calibrate_forward_model.py)")
         return ModelError.from_file(path)
+
+
+def run_model_error(run) -> ModelError:
+    """The model-error term a loaded run (:class:`cvae_pms.model.rundir.Run`) was trained
+    with: ``RUN/model_error.npz``, else the one its config names (runs made before the
+    empirical term: the parametric one)."""
+    path = Path(run.path) / "model_error.npz"
+    if path.is_file():
+        return ModelError.from_file(path)
+    noise = dict(run.config.get("noise", {}))
+    noise.setdefault("model_error", "parametric")
+    return ModelError.from_config(noise)

@@ -1,0 +1,269 @@
+"""The observation simulator: noise-free XP coefficients -> what Gaia would record.
+
+One home for the noise path that training, ``simulate`` and ``evaluate`` share:
+
+- numpy (``simulate``, ``evaluate``): :func:`draw_g_transits` (G uniform in a range, integer
+  transits uniform inclusive), :func:`simulate_observations` (scale to G, coefficient noise
+  :func:`cvae_pms.xp.noise.draw_observation`, then the forward-model error
+  :func:`draw_model_error_coefficients`) and the model-error covariance;
+- TensorFlow (training and the OOD index it builds): :class:`TrainingNoise` (the same steps,
+  inside the compiled step, stateless random numbers, straight to network features) and
+  :class:`TrainingLuminosity` (the parallax draw of the luminosity channel).
+
+Inference never imports this module: a model dir carries everything it needs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from cvae_pms import params as P
+from cvae_pms.errors import CvaePmsError
+from cvae_pms.xp.noise import NoiseModel, draw_observation
+from cvae_pms.xp.photometry import scale_to_g
+
+#: Ridge strength (x the largest singular value) of the flux -> coefficient map of the model
+#: error: 1e-3 keeps 94-100 % (median 99 %) of the flux-space variance at 400-1000 nm while
+#: keeping the perturbation out of the directions the calibration barely constrains (with the
+#: ingest ridge, 1e-4, its chi^2 in the archive-covariance metric of a G = 12 star was ~31,000;
+#: with 1e-3 ~1,000).
+MODEL_ERROR_RIDGE_ALPHA = 1e-3
+
+
+class SimulateError(CvaePmsError, ValueError):
+    """Bad simulation input (file, row, column or option named)."""
+
+
+# ------------------------------------------------------------------------------ numpy
+def draw_g_transits(rng: np.random.Generator, n: int, g_range: tuple[float, float],
+                    transit_range: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+    """G [mag] (n,) uniform in ``g_range`` (all ``g_range[0]`` when it is one value, no
+    random number drawn) then integer transit counts (n,) int64 uniform in ``transit_range``
+    (inclusive), both from ``rng`` in that order."""
+    lo, hi = float(g_range[0]), float(g_range[1])
+    g = rng.uniform(lo, hi, size=n) if hi > lo else np.full(n, lo)
+    nt = rng.integers(int(transit_range[0]), int(transit_range[1]) + 1, size=n)
+    return g, nt
+
+
+@dataclass
+class Observations:
+    """Simulated observations of n sources (coefficients in archive units)."""
+
+    bp: np.ndarray
+    rp: np.ndarray
+    bp_cov: np.ndarray
+    rp_cov: np.ndarray
+    g_mag: np.ndarray
+    n_transits: np.ndarray
+    flux_factor: np.ndarray
+
+
+def draw_model_error_coefficients(bp: np.ndarray, rp: np.ndarray, rng: np.random.Generator,
+                                  noise_model: NoiseModel | None = None, teff=None,
+                                  model_error=None) -> tuple[np.ndarray, np.ndarray]:
+    """Coefficient perturbations (dbp, drp), each (n, 55), of one forward-model-error draw.
+
+    The flux-space draw is the one training adds (:class:`TrainingNoise`):
+    ``|flux| delta`` with ``delta`` from :meth:`cvae_pms.xp.model_error.ModelError.draw` at the
+    stars' true ``teff`` [K] (n,) (None: the population-average term), ``model_error`` the term
+    (default :meth:`~cvae_pms.xp.model_error.ModelError.default`), ``flux`` the
+    calibrated flux (W m^-2 nm^-1, 343 pixels) of the given coefficients. It is mapped to
+    coefficients with the ridge least-squares matrix of
+    :func:`cvae_pms.xp.flux_fit.ridge_projection` (linear, so exact for the 110-dim part of the
+    flux the coefficients can carry; it keeps 98-102 % of the per-pixel variance at 400-1000 nm).
+    """
+    from cvae_pms.xp.flux_fit import ridge_projection
+    from cvae_pms.xp.sampling import sampled_flux
+
+    from cvae_pms.xp.model_error import ModelError
+    flux = sampled_flux(bp, rp)
+    term = model_error or ModelError.default()
+    d = term.draw(flux, teff, rng) @ ridge_projection(MODEL_ERROR_RIDGE_ALPHA).T
+    return d[:, :55], d[:, 55:]
+
+
+def model_error_coefficient_covariance(bp: np.ndarray, rp: np.ndarray,
+                                       noise_model: NoiseModel | None = None,
+                                       teff: float | None = None, model_error=None) -> np.ndarray:
+    """Covariance (110, 110), BP then RP, of :func:`draw_model_error_coefficients`: ``P S P^T``.
+
+    ``S`` (343, 343) = ``flux_i C_ij(T_eff) flux_j`` with ``C`` the fractional model-error
+    covariance (:meth:`cvae_pms.xp.model_error.ModelError.covariance`; ``teff`` None: the
+    node average) at the calibrated flux of ``bp``/``rp`` (55,), ``P`` the same ridge map
+    (110, 343).
+    """
+    from cvae_pms.xp.flux_fit import ridge_projection
+    from cvae_pms.xp.model_error import ModelError
+    from cvae_pms.xp.sampling import sampled_flux
+
+    proj = ridge_projection(MODEL_ERROR_RIDGE_ALPHA)
+    flux = np.abs(sampled_flux(np.asarray(bp, np.float64).reshape(1, 55),
+                               np.asarray(rp, np.float64).reshape(1, 55)))[0]
+    term = model_error or ModelError.default()
+    s = flux[:, None] * term.covariance(teff) * flux[None, :]
+    cov = proj @ s @ proj.T
+    return 0.5 * (cov + cov.T)
+
+
+def simulate_observations(bp: np.ndarray, rp: np.ndarray, g_mag: np.ndarray | float,
+                          n_transits: np.ndarray | float, rng: np.random.Generator,
+                          noise_model: NoiseModel | None = None,
+                          model_error: bool = True, errors_from: str = "observed",
+                          teff: np.ndarray | None = None, model_error_term=None) -> Observations:
+    """Scale noise-free coefficients to ``g_mag`` and draw one noisy observation per row.
+
+    As in training: coefficient noise ``N(c, Cov(c))`` first, then (``model_error``) a
+    forward-model-error draw at the calibrated flux of that noisy observation, added in
+    coefficient space (:func:`draw_model_error_coefficients`). The returned covariances are the
+    coefficient-noise covariances only, estimated from the noisy coefficients as an archive's
+    errors are (``errors_from = "true"``: at the noise-free ones, for diagnostics only; see
+    :func:`cvae_pms.xp.noise.tf_draw_observation`).
+
+    Args:
+        bp, rp: (n, 55) noise-free coefficients (any flux scale).
+        g_mag: (n,) or scalar target G magnitudes.
+        n_transits: (n,) or scalar transit counts.
+        rng: numpy Generator for the noise.
+        noise_model: XP noise constants (default :meth:`NoiseModel.default`).
+        model_error: add the model-error perturbation (default True).
+        teff: (n,) true T_eff [K] of the rows, for the T_eff-dependent model error (None: the
+            population-average term).
+        model_error_term: the :class:`~cvae_pms.xp.model_error.ModelError` (default: shipped).
+
+    Returns:
+        :class:`Observations` with the noisy coefficients, their covariances, G, transits and the
+        flux factor applied (10^(-0.4 (G_target - G_input))).
+    """
+    bp = np.atleast_2d(np.asarray(bp, float))
+    rp = np.atleast_2d(np.asarray(rp, float))
+    n = bp.shape[0]
+    g = np.broadcast_to(np.asarray(g_mag, float), (n,)).copy()
+    nt = np.broadcast_to(np.asarray(n_transits, float), (n,)).copy()
+    bp_s, rp_s, factor = scale_to_g(bp, rp, g)
+    bad = ~np.isfinite(factor) | ~(factor > 0)
+    if bad.any():
+        raise SimulateError(f"row {int(np.argmax(bad))}: G magnitude of the input coefficients is "
+                            "undefined (non-positive flux); cannot scale it")
+    obs_bp, obs_rp, cov_bp, cov_rp = draw_observation(bp_s, rp_s, nt, rng, noise_model,
+                                                      errors_from)
+    if model_error:
+        d_bp, d_rp = draw_model_error_coefficients(obs_bp, obs_rp, rng, noise_model, teff,
+                                                   model_error_term)
+        obs_bp, obs_rp = obs_bp + d_bp, obs_rp + d_rp
+    return Observations(obs_bp, obs_rp, cov_bp, cov_rp, g, nt, np.asarray(factor, float))
+
+
+# ------------------------------------------------------------------------------ TensorFlow
+class TrainingNoise:
+    """The training noise path: noiseless coefficients -> features of a noisy observation.
+
+    ``observe_at`` (fixed G and transits) is what the noise-parity test compares with a
+    simulated observation; ``observe`` draws G ~ U(g_min, g_max) and integer transits
+    ~ U{transits_min..transits_max} per row first. All random numbers are stateless.
+    The forward-model error (:class:`cvae_pms.xp.model_error.ModelError`, from the config's
+    ``noise.model_error`` unless given) is drawn at each row's true T_eff (``teff``; None:
+    the population-average term).
+    """
+
+    def __init__(self, featuriser, noise_model, noise_cfg: dict, model_error=None):
+        import tensorflow as tf
+        from cvae_pms.xp.model_error import ModelError
+        self.tf = tf
+        self.feat = featuriser
+        self.model = noise_model
+        self.cfg = dict(noise_cfg)
+        self.model_error = model_error or ModelError.from_config(self.cfg, noise_model)
+        # The flux-space draw goes through flux -> coefficients -> flux (the ridge map that
+        # simulate uses, MODEL_ERROR_RIDGE_ALPHA): an XP spectrum can carry
+        # only the part of a perturbation its 110 coefficients can express.
+        from cvae_pms.xp.flux_fit import ridge_projection
+        from cvae_pms.xp.sampling import calibration_matrices
+        a = np.vstack(calibration_matrices())
+        self.me_projection = tf.constant(ridge_projection(MODEL_ERROR_RIDGE_ALPHA).T @ a,
+                                         tf.float32)
+
+    def observe_at(self, bp0, rp0, g0, g, n_transits, seed, standardise: bool = True,
+                   copies: int = 1, teff=None):
+        """Features (n k, 686) and log10 norm (n k,) of noisy observations at magnitude ``g``.
+
+        ``bp0, rp0`` (n, 55) noiseless coefficients of magnitude ``g0`` (n,); ``g`` and
+        ``n_transits`` (n,); ``seed`` a stateless seed (2,). With ``copies = k`` every row gets
+        k independent noise draws at the same G and transits (rows repeated as
+        ``tf.repeat(..., k, axis=0)``): the Fisher matrix of the noise-free spectrum and its
+        Cholesky factor, which the draws need, are computed once per row. The error features
+        come, as in the archive, from the noise model at each *noisy* draw (one more Fisher
+        matrix and triangular solve per draw; :func:`cvae_pms.xp.noise.tf_draw_observation`
+        explains why errors at the noise-free spectrum are wrong).
+        """
+        tf = self.tf
+        from cvae_pms.xp.noise import tf_draw_from_cholesky, tf_information_cholesky
+        s = tf.pow(10.0, -0.4 * (tf.cast(g, tf.float32) - tf.cast(g0, tf.float32)))[:, None]
+        bp, rp = tf.cast(bp0, tf.float32) * s, tf.cast(rp0, tf.float32) * s
+        seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 3)
+        # One float64 Cholesky of each Fisher matrix: draws L_F^{-T} z.
+        chols = tf_information_cholesky(bp, rp, n_transits, self.model)
+        obs = []
+        for k, (c, chol) in enumerate(zip((bp, rp), chols)):
+            z = tf.random.stateless_normal(tf.concat([tf.shape(c)[:1], [copies, 55]], 0),
+                                           seed=seeds[k], dtype=tf.float64)
+            noise = tf_draw_from_cholesky(chol, z)                        # (n, copies, 55)
+            obs.append(tf.reshape(tf.cast(c, tf.float64)[:, None] + noise, [-1, 55]))
+        nt_obs = tf.repeat(tf.cast(tf.reshape(n_transits, [-1]), tf.float64), copies, axis=0)
+        chols_obs = tf_information_cholesky(obs[0], obs[1], nt_obs, self.model)
+        var = self.feat.flux_variance_from_information(obs[0], obs[1], chols_obs)
+        flux, unit = self.feat.scaled_flux(obs[0], obs[1])
+        t_rep = None if teff is None else tf.repeat(tf.reshape(teff, [-1]), copies, axis=0)
+        flux = flux + self.model_error.tf_draw(flux, t_rep, seeds[2]) @ self.me_projection
+        var = var + self.feat.model_error_variance(flux)
+        return self.feat.from_flux(flux, var, unit, standardise)
+
+    def observe(self, bp0, rp0, g0, seed, standardise: bool = True, copies: int = 1,
+                return_g: bool = False, teff=None):
+        """:meth:`observe_at` with G and transits drawn per row (``return_g``: also G (n,));
+        ``teff`` (n,) [K] the rows' true T_eff for the model-error draw."""
+        tf = self.tf
+        c = self.cfg
+        seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 3)
+        n = tf.shape(bp0)[:1]
+        g = tf.random.stateless_uniform(n, seeds[0], c["g_min"], c["g_max"])
+        nt = tf.floor(tf.random.stateless_uniform(n, seeds[1], float(c["transits_min"]),
+                                                  float(c["transits_max"]) + 1.0))
+        out = self.observe_at(bp0, rp0, g0, g, nt, seeds[2], standardise, copies, teff)
+        return (*out, g) if return_g else out
+
+
+class TrainingLuminosity:
+    """The training draw of the luminosity channel (``[luminosity]`` config, grid ``d_ref``).
+
+    ``inputs`` turns the noisy log10 norm of a draw of :meth:`TrainingNoise.observe` and the
+    G it was scaled to into the 3 luminosity inputs, with a parallax drawn by
+    :func:`cvae_pms.astrometry.tf_draw_parallax` and the channel computed exactly as at
+    inference (:func:`cvae_pms.astrometry.tf_luminosity_channel`).
+    """
+
+    def __init__(self, featuriser, lum_cfg: dict, reference_distance_pc: float):
+        self.feat = featuriser
+        self.cfg = dict(lum_cfg)
+        self.d_ref = float(reference_distance_pc)
+
+    def raw(self, log10_norm, g0, g, seed, copies: int = 1):
+        """(value, error, present) (n copies,) of rows scaled from ``g0`` to ``g`` (n,)."""
+        import tensorflow as tf
+        from cvae_pms.astrometry import tf_draw_parallax, tf_luminosity_channel
+        c = self.cfg
+        plx, err = tf_draw_parallax(tf.repeat(g0, copies, axis=0), tf.repeat(g, copies, axis=0),
+                                    self.d_ref, (c["frac_error_min"], c["frac_error_max"]),
+                                    c["drop_fraction"], seed)
+        return tf_luminosity_channel(log10_norm, plx, err, c["min_parallax_over_error"])
+
+    def inputs(self, log10_norm, g0, g, seed, copies: int = 1):
+        """The 3 standardised luminosity inputs (n copies, 3)."""
+        return self.feat.luminosity_inputs(*self.raw(log10_norm, g0, g, seed, copies))
+
+
+def unit_teff(x):
+    """T_eff [K] from [0, 1]-scaled parameters (n, 7) (numpy or TF tensors alike)."""
+    i = P.INDEX["teff"]
+    return float(P.LOW[i]) + x[:, i] * float(P.HIGH[i] - P.LOW[i])
