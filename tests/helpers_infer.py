@@ -153,7 +153,6 @@ def shared_lum_run(tmp_path_factory, epochs: int = 3) -> Path:
     if not (run / "ood.npz").is_file():
         import shutil
 
-        from cvae_pms.ood import build_ood_index
         from cvae_pms.train import train
 
         shutil.rmtree(base, ignore_errors=True)
@@ -162,6 +161,6 @@ def shared_lum_run(tmp_path_factory, epochs: int = 3) -> Path:
         cfg = base / "tiny.toml"
         cfg.write_text("[luminosity]\nenabled = true\n")
         train(grid, cfg, run, overrides=TINY_OVERRIDES + (f"training.epochs={epochs}",),
-              noise_model=noise_model(), log=lambda s: None)
-        build_ood_index(run, n_ref=400, n_cal=100, k=10, seed=0)
+              noise_model=noise_model(), log=lambda s: None,
+              ood=dict(n_ref=400, n_cal=100, k=10, seed=0))
     return run
