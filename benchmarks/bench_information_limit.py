@@ -5,7 +5,7 @@ Reproduces the observations that ``cvae-pms evaluate RUN --g-mag G1,G2,.. --n N 
 makes of G = ``--g`` (same rows, same G and transits, same noise draws: the same seeded calls,
 :func:`cvae_pms.evaluate.evaluated_observations`; pass evaluate's list as ``--g-mag`` when it
 had more than one G, and ``--run`` for the run's own model-error term), runs one emcee
-chain per star on the exact likelihood (:class:`cvae_pms.diagnostics.reference_mcmc.XPLikelihood`:
+chain per star on the exact likelihood (:class:`cvae_pms.diagnostics.likelihood.XPLikelihood`:
 source covariance + the forward-model error term, flux scale marginalised) for the first
 ``--k`` of them, and reports the robust scatter (1.4826 MAD) and bias of the exact posterior
 medians about the truth, overall and by log Mdot: the accuracy limit the data allow. With
@@ -43,11 +43,11 @@ def _one_star(args: tuple) -> dict:
     from threadpoolctl import threadpool_limits
 
     from cvae_pms import params
-    from cvae_pms.diagnostics import reference_mcmc
+    from cvae_pms.diagnostics import likelihood, reference_mcmc
 
     meta, bp, rp, bp_cov, rp_cov, seed, max_steps = args
-    forward = reference_mcmc.builtin_forward(meta)
-    like = reference_mcmc.XPLikelihood(forward, bp, rp, bp_cov, rp_cov,
+    forward = likelihood.builtin_forward(meta)
+    like = likelihood.XPLikelihood(forward, bp, rp, bp_cov, rp_cov,
                                        to_physical=params.from_unit)
     with threadpool_limits(1):
         res = reference_mcmc.run_emcee(like, params.N_PARAMS, seed=seed, max_steps=max_steps,
@@ -88,8 +88,8 @@ def _by_mdot(med, lo, hi, truth) -> dict:
 
 def _fisher_forecast(meta: dict, obs, theta: np.ndarray) -> np.ndarray:
     """Cramer-Rao standard deviations (n, 7) in physical units for every star."""
-    from cvae_pms.diagnostics import fisher_bound, reference_mcmc
-    return fisher_bound.observation_bounds(reference_mcmc.builtin_forward(meta), theta, obs.bp,
+    from cvae_pms.diagnostics import fisher_bound, likelihood
+    return fisher_bound.observation_bounds(likelihood.builtin_forward(meta), theta, obs.bp,
                                            obs.rp, obs.bp_cov, obs.rp_cov)
 
 

@@ -96,7 +96,7 @@ def main() -> None:
 
     from scipy.linalg import block_diag
 
-    from cvae_pms.diagnostics.reference_mcmc import builtin_forward
+    from cvae_pms.diagnostics.likelihood import builtin_forward
     from cvae_pms.grid.gridfile import open_grid
     from cvae_pms.xp.archive import read_xp
     from cvae_pms.xp.noise import NoiseModel

@@ -427,13 +427,13 @@ def _limit_model(grid, theta: np.ndarray, idx: np.ndarray, cfg: EvaluateConfig,
                  log: Callable[[str], None]):
     """The built-in forward model for the Fisher forecast, or the reason (str) it cannot
     serve: it must reproduce the grid's coefficients (checked once, on up to 20 rows)."""
-    from cvae_pms.diagnostics import reference_mcmc
+    from cvae_pms.diagnostics import likelihood
 
     try:
-        forward = reference_mcmc.builtin_forward(grid.meta)
-        reference_mcmc.check_forward(forward, theta[:20], *grid.coefficients(idx[:20]),
+        forward = likelihood.builtin_forward(grid.meta)
+        likelihood.check_forward(forward, theta[:20], *grid.coefficients(idx[:20]),
                                      what=str(cfg.grid))
-    except reference_mcmc.ReferenceModelError as exc:
+    except likelihood.ReferenceModelError as exc:
         log(f"information limit skipped: {exc}")
         return str(exc)
     return forward
@@ -478,15 +478,15 @@ def _emcee(grid, theta: np.ndarray, idx: np.ndarray, obs: tuple, cvae_s_per_sour
     the primary G setting; CVAE vs emcee and emcee vs emcee Jensen-Shannon divergences."""
     from threadpoolctl import threadpool_limits
 
-    from cvae_pms.diagnostics import divergence, reference_mcmc
+    from cvae_pms.diagnostics import divergence, likelihood, reference_mcmc
 
     bp, rp, bp_cov, rp_cov, _, samples, g, nt = obs
     n = min(cfg.emcee, theta.shape[0])
     try:
-        forward = reference_mcmc.builtin_forward(grid.meta)
-        reference_mcmc.check_forward(forward, theta[:n], *grid.coefficients(idx[:n]),
+        forward = likelihood.builtin_forward(grid.meta)
+        likelihood.check_forward(forward, theta[:n], *grid.coefficients(idx[:n]),
                                      what=str(cfg.grid))
-    except reference_mcmc.ReferenceModelError as exc:
+    except likelihood.ReferenceModelError as exc:
         log(f"emcee skipped: {exc}")
         return {"skipped": str(exc)}
     per_source = []
@@ -495,7 +495,7 @@ def _emcee(grid, theta: np.ndarray, idx: np.ndarray, obs: tuple, cvae_s_per_sour
         if not np.isfinite(samples[i]).all():
             per_source.append({"row": int(idx[i]), "skipped": "CVAE sampling failed"})
             continue
-        like = reference_mcmc.XPLikelihood(forward, bp[i], rp[i], bp_cov[i], rp_cov[i],
+        like = likelihood.XPLikelihood(forward, bp[i], rp[i], bp_cov[i], rp_cov[i],
                                            to_physical=params.from_unit)
         with threadpool_limits(1):
             chains = [reference_mcmc.run_emcee(like, params.N_PARAMS,

@@ -134,6 +134,7 @@ class OutputLock:
     def acquire(self) -> "OutputLock":
         for _ in range(10):
             try:
+                os.makedirs(os.path.dirname(os.fspath(self.path)) or ".", exist_ok=True)
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             except OSError as exc:
                 raise OutputError(f"{self.target}: cannot create the lock file {self.path} "

@@ -9,8 +9,8 @@ import pytest
 from scipy import integrate
 
 from cvae_pms import params
-from cvae_pms.diagnostics import (accuracy, baseline, divergence, figures, pp, reference_mcmc,
-                                  result_files, sbc, tarp)
+from cvae_pms.diagnostics import (accuracy, baseline, divergence, figures, likelihood, pp,
+                                  reference_mcmc, result_files, sbc, tarp)
 
 
 def gaussian_posteriors(n: int, s: int, p: int, width: float, seed: int = 0, shift: float = 0.0):
@@ -195,7 +195,7 @@ def test_xp_likelihood_marginalises_the_flux_scale():
     bp_obs = s_true * bp[0] + rng.multivariate_normal(np.zeros(55), cov_b)
     rp_obs = s_true * rp[0] + rng.multivariate_normal(np.zeros(55), cov_r)
     # toy coefficients are no XP spectrum: coefficient noise only (model error: test_model_error)
-    like = reference_mcmc.XPLikelihood(forward, bp_obs, rp_obs, cov_b, cov_r,
+    like = likelihood.XPLikelihood(forward, bp_obs, rp_obs, cov_b, cov_r,
                                        to_physical=lambda u: u, model_error=False)
     pts = np.array([[0.3, 0.7], [0.32, 0.69]])
 
@@ -277,15 +277,15 @@ def test_builtin_forward_reproduces_its_grid_and_refuses_others():
     from cvae_pms.physics.sed import forward_model_meta
 
     theta = params.from_unit(np.random.default_rng(9).uniform(size=(3, 7)))
-    forward = reference_mcmc.builtin_forward({"forward_model": forward_model_meta()})
+    forward = likelihood.builtin_forward({"forward_model": forward_model_meta()})
     bp, rp = forward(theta)
     # Any flux scale per row is fine (the likelihood marginalises it).
-    reference_mcmc.check_forward(forward, theta, 3.7 * bp, 3.7 * rp)
-    with pytest.raises(reference_mcmc.ReferenceModelError, match="row 1"):
+    likelihood.check_forward(forward, theta, 3.7 * bp, 3.7 * rp)
+    with pytest.raises(likelihood.ReferenceModelError, match="row 1"):
         rp2 = rp.copy()
         rp2[1, 5] *= 1.1
-        reference_mcmc.check_forward(forward, theta, bp, rp2)
+        likelihood.check_forward(forward, theta, bp, rp2)
     meta = {"forward_model": forward_model_meta()}
     meta["forward_model"]["accretion"]["draw_nuisance"] = True
-    with pytest.raises(reference_mcmc.ReferenceModelError, match="nuisance"):
-        reference_mcmc.builtin_forward(meta)
+    with pytest.raises(likelihood.ReferenceModelError, match="nuisance"):
+        likelihood.builtin_forward(meta)

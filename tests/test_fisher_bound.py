@@ -47,7 +47,7 @@ def test_forecast_scatter_of_equal_errors_is_their_sigma():
 def test_builtin_model_bound_tightens_for_brighter_stars():
     """Same solar-type spectrum at two flux levels: the T_eff and A0 bounds shrink with S/N,
     and the mass (no spectral signature once the flux level is free) stays at its prior."""
-    from cvae_pms.diagnostics.reference_mcmc import XPLikelihood, builtin_forward
+    from cvae_pms.diagnostics.likelihood import XPLikelihood, builtin_forward
     from cvae_pms.xp.noise import coefficient_covariance
     from cvae_pms.xp.photometry import scale_to_g
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from scipy import linalg, special
 
-from cvae_pms.diagnostics import reference_mcmc
+from cvae_pms.diagnostics import likelihood
 from cvae_pms.simulator import (draw_model_error_coefficients, model_error_coefficient_covariance,
                                 simulate_observations)
 from cvae_pms.xp.flux_fit import flux_to_coefficients, ridge_projection
@@ -170,8 +170,8 @@ def test_likelihood_includes_model_error(star):
                 rp0 * (1 + 0.01 * theta[:, 1:2] * basis[1]))
 
     args = (forward, obs.bp[0], obs.rp[0], obs.bp_cov[0], obs.rp_cov[0])
-    with_me = reference_mcmc.XPLikelihood(*args, to_physical=lambda u: u)
-    without = reference_mcmc.XPLikelihood(*args, to_physical=lambda u: u, model_error=False)
+    with_me = likelihood.XPLikelihood(*args, to_physical=lambda u: u)
+    without = likelihood.XPLikelihood(*args, to_physical=lambda u: u, model_error=False)
     c_me = model_error_coefficient_covariance(obs.bp[0], obs.rp[0])
     assert np.all(np.linalg.eigvalsh(c_me) > -1e-12 * np.abs(c_me).max())
     full = linalg.block_diag(obs.bp_cov[0], obs.rp_cov[0]) + c_me

@@ -429,3 +429,15 @@ def test_11_no_tensorflow_start_up_lines_without_verbose(run, obs_dir, tmp_path)
                 if ln[:1] in "IWEF" and ln[1:5].isdigit() or any(
                     k in ln for k in ("absl", "oneDNN", "cuInit", "cuda", "tensorflow/"))]
     assert tf_lines == [], proc.stderr
+
+
+def test_6b_lock_creates_a_missing_output_folder(tmp_path):
+    """``--out runs/new`` with no ``runs/`` yet: the lock (and so the output) gets its folder."""
+    from cvae_pms.outputs import OutputLock
+    target = tmp_path / "not" / "yet" / "model"
+    lock = OutputLock(target).acquire()
+    try:
+        assert Path(f"{target}.lock").is_file()
+    finally:
+        lock.release()
+    assert not Path(f"{target}.lock").exists()

@@ -82,7 +82,7 @@ def marginal_std(fisher: np.ndarray) -> np.ndarray:
 def star_bounds(likelihood, u_true: np.ndarray, step: float = 1e-3) -> np.ndarray:
     """Cramer-Rao standard deviations (p,) on the unit box for one star.
 
-    ``likelihood`` is a :class:`cvae_pms.diagnostics.reference_mcmc.XPLikelihood` (its data
+    ``likelihood`` is a :class:`cvae_pms.diagnostics.likelihood.XPLikelihood` (its data
     covariance, forward model and whitening); the Fisher matrix is taken at the true
     parameters ``u_true`` (p,) and the maximum-likelihood flux scale there.
     """
@@ -108,11 +108,11 @@ def observation_bounds(forward: Callable[[np.ndarray], tuple[np.ndarray, np.ndar
                        rp_cov: np.ndarray, step: float = 1e-3, model_error=None) -> np.ndarray:
     """Cramer-Rao standard deviations (n, 7) in physical units of n observed spectra
     (``bp``/``rp`` (n, 55), covariances (n, 55, 55)) of stars with true parameters ``theta``
-    (n, 7), under the exact likelihood (:class:`~cvae_pms.diagnostics.reference_mcmc.XPLikelihood`
+    (n, 7), under the exact likelihood (:class:`~cvae_pms.diagnostics.likelihood.XPLikelihood`
     with the built-in ``forward`` model and the model-error term ``model_error``, default the
     shipped one, at each star's true T_eff). ~0.01 s per star."""
     from cvae_pms import params
-    from cvae_pms.diagnostics.reference_mcmc import XPLikelihood
+    from cvae_pms.diagnostics.likelihood import XPLikelihood
 
     std = np.empty((theta.shape[0], params.N_PARAMS))
     for i in range(theta.shape[0]):

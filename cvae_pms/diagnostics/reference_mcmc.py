@@ -8,14 +8,8 @@ estimated; the chain has converged when ``steps > 50 max(tau)`` and ``tau`` chan
 than 1 % since the previous check, or it stops at ``max_steps`` with ``converged = False``.
 The first ``2 max(tau)`` steps are discarded and the rest thinned by ``tau / 2``.
 
-Likelihood: :class:`XPLikelihood`, Gaussian in the 110 BP+RP coefficients with the source's
-own covariance plus (by default) the noise model's forward-model error mapped to coefficient
-space (the same term training adds to every spectrum), around ``s m(theta)``, where ``m`` is
-the built-in forward model (SED -> coefficients at the grid's reference distance) and
-``s > 0`` an unknown flux scale (distance and the absolute flux level, which the CVAE also does
-not see). ``s`` is marginalised analytically per proposal with a uniform prior on ``s > 0``:
-with whitened data ``y`` and model ``m``, ``a = m.m``, ``b = m.y``,
-``log L = b^2 / (2a) - log(a) / 2 + log Phi(b / sqrt(a)) + const``.
+Likelihood: any vectorised ``log L(u)`` on the unit box; the exact XP likelihood is
+:class:`cvae_pms.diagnostics.likelihood.XPLikelihood`.
 
 Example (a 2-D Gaussian toy posterior)
 -------
@@ -34,8 +28,6 @@ from typing import Callable
 
 import emcee
 import numpy as np
-from scipy import linalg, special
-from cvae_pms.errors import CvaePmsError
 
 #: Default number of walkers.
 N_WALKERS = 32
@@ -161,127 +153,3 @@ def run_emcee(log_like_unit: Callable[[np.ndarray], np.ndarray], ndim: int, seed
                       converged=converged,
                       acceptance=float(np.mean(sampler.acceptance_fraction)),
                       wall_s=time.perf_counter() - t0)
-
-
-class XPLikelihood:
-    """Exact Gaussian likelihood of one source's 110 XP coefficients, flux scale marginalised.
-
-    ``forward(theta (w, 7) physical) -> (bp (w, 55), rp (w, 55))`` is the noiseless model at
-    any fixed distance; ``bp``/``rp`` (55,) the observed coefficients, ``bp_cov``/``rp_cov``
-    (55, 55) their covariance (BP and RP independent, as in the Gaia archive).
-    Call with unit-box points ``(w, 7)``; returns ``log L`` (w,) up to a constant.
-
-    With ``model_error`` (default) the covariance also holds the noise model's forward-model
-    error, the term training adds: ``C = blockdiag(bp_cov, rp_cov) + P S P^T``
-    (:func:`cvae_pms.simulator.model_error_coefficient_covariance`) with ``P`` the (110, 343)
-    ridge map flux -> coefficients that simulated observations use, and ``S`` the model-error
-    covariance (``model_error_term``, default the shipped one, at ``teff`` [K]: the star's true
-    T_eff when known, else the node average) at the source's *observed* calibrated flux (as the
-    feature map does). ``S`` is held fixed per source, not
-    recomputed from the model flux ``s m(theta)``, so the likelihood stays Gaussian with one
-    fixed covariance and the scale marginalisation stays analytic. The model error couples BP
-    and RP; ``C`` is factorised once (Cholesky) per source.
-    """
-
-    def __init__(self, forward: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
-                 bp: np.ndarray, rp: np.ndarray, bp_cov: np.ndarray, rp_cov: np.ndarray,
-                 to_physical: Callable[[np.ndarray], np.ndarray], model_error: bool = True,
-                 noise_model=None, teff: float | None = None, model_error_term=None) -> None:
-        self.forward = forward
-        self.to_physical = to_physical
-        obs = np.concatenate([np.asarray(bp, np.float64).ravel(),
-                              np.asarray(rp, np.float64).ravel()])
-        self.covariance = linalg.block_diag(np.asarray(bp_cov, np.float64),
-                                            np.asarray(rp_cov, np.float64))
-        if model_error:
-            from cvae_pms.simulator import model_error_coefficient_covariance
-            self.covariance = self.covariance + model_error_coefficient_covariance(
-                obs[:55], obs[55:], noise_model, teff, model_error_term)
-        self._chol = _cholesky(self.covariance)
-        self._y = self._whiten(obs[None])[0]
-
-    def _whiten(self, x: np.ndarray) -> np.ndarray:
-        """``L^{-1} x`` for rows ``x`` (w, 110), ``L L^T = C``."""
-        return linalg.solve_triangular(self._chol, x.T, lower=True).T
-
-    def whitened_model(self, u: np.ndarray) -> np.ndarray:
-        """Whitened model coefficients ``L^{-1} m(theta)`` (w, 110) at unit-box rows ``u``."""
-        bp, rp = self.forward(self.to_physical(np.atleast_2d(u)))
-        return self._whiten(np.concatenate([bp, rp], axis=1))
-
-    def __call__(self, u: np.ndarray) -> np.ndarray:
-        m = self.whitened_model(u)
-        a = np.sum(m * m, axis=1)
-        b = m @ self._y
-        with np.errstate(divide="ignore", invalid="ignore"):
-            out = 0.5 * b * b / a - 0.5 * np.log(a) + special.log_ndtr(b / np.sqrt(a))
-        return np.where(a > 0, out, -np.inf)
-
-    def best_scale(self, u: np.ndarray) -> np.ndarray:
-        """Maximum-likelihood flux scale ``s`` (w,) of the model at unit-box points ``u``."""
-        m = self.whitened_model(u)
-        return (m @ self._y) / np.sum(m * m, axis=1)
-
-
-def _cholesky(cov: np.ndarray) -> np.ndarray:
-    """Lower Cholesky factor; if round-off makes ``cov`` indefinite, retry with a diagonal
-    jitter of 1e-12, 1e-10, ... x its mean diagonal (raises ``LinAlgError`` past 1e-6)."""
-    try:
-        return linalg.cholesky(cov, lower=True)
-    except linalg.LinAlgError:
-        scale = float(np.mean(np.diag(cov)))
-        for eps in (1e-12, 1e-10, 1e-8, 1e-6):
-            try:
-                return linalg.cholesky(cov + eps * scale * np.eye(cov.shape[0]), lower=True)
-            except linalg.LinAlgError:
-                continue
-        raise
-
-
-class ReferenceModelError(CvaePmsError):
-    """The built-in forward model cannot reproduce a grid (so no exact likelihood for it)."""
-
-
-def builtin_forward(meta: dict) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
-    """The built-in forward model (SED -> XP coefficients) with a grid's stored settings
-    (:func:`cvae_pms.physics.sed.sed_function`). A grid without them gets the defaults
-    (``AccretionSettings()``, G23, R_V 3.1, its ``reference_distance_pc`` or 10 pc): always
-    confirm with :func:`check_forward`. Per-star nuisance draws (``draw_nuisance``) have no
-    single forward model: refused (:class:`ReferenceModelError`).
-    """
-    from cvae_pms.physics.photosphere import table_wavelength_nm
-    from cvae_pms.physics.sed import ForwardModelUnavailable, sed_function
-    from cvae_pms.xp.instrument import sed_to_coefficients
-
-    meta = dict(meta or {})
-    if not meta.get("forward_model"):
-        meta["forward_model"] = {}
-    try:
-        sed = sed_function(meta)
-    except ForwardModelUnavailable as exc:
-        raise ReferenceModelError(str(exc)) from exc
-    wl = table_wavelength_nm()
-
-    def forward(theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return sed_to_coefficients(sed(theta), wl)
-
-    return forward
-
-
-def check_forward(forward: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
-                  theta: np.ndarray, bp: np.ndarray, rp: np.ndarray, what: str = "grid",
-                  rtol: float = 1e-4) -> None:
-    """Raise :class:`ReferenceModelError` unless ``forward(theta)`` reproduces the grid's
-    coefficients ``bp``/``rp`` (n, 55) up to one flux scale per row (``rtol`` in norm)."""
-    if theta.shape[0] == 0:
-        return
-    m = np.concatenate(forward(theta), axis=1)
-    c = np.concatenate([bp, rp], axis=1)
-    s = np.sum(m * c, axis=1) / np.sum(m * m, axis=1)
-    err = np.linalg.norm(c - s[:, None] * m, axis=1) / np.linalg.norm(c, axis=1)
-    if not np.all(err < rtol):
-        k = int(np.argmax(err))
-        raise ReferenceModelError(
-            f"{what}: the built-in forward model does not reproduce the grid coefficients "
-            f"(row {k}: relative difference {err[k]:.2g} > {rtol:g}); the grid was made with "
-            "another model or settings")
