@@ -46,7 +46,7 @@ from cvae_pms import params  # noqa: E402
 
 def quick_arch_run(work: Path) -> Path:
     """cpu-quick architecture, 1 epoch on a 3000-row stand-in grid (for timing only)."""
-    from cvae_pms.train import train
+    from cvae_pms.training import train
 
     run = work / "run_cpu_quick_arch"
     if (run / "ood.npz").is_file():

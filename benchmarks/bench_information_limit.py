@@ -126,7 +126,7 @@ def main() -> None:
     from cvae_pms.evaluate import (GSetting, evaluated_observations, parse_g_mags,
                                    run_model_error, select_rows)
     from cvae_pms.grid.gridfile import open_grid
-    from cvae_pms.train import split_indices
+    from cvae_pms.training import split_indices
 
     t0 = time.perf_counter()
     with open_grid(a.grid) as grid:

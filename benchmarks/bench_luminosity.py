@@ -65,7 +65,7 @@ def main() -> None:
 
     from cvae_pms.infer import infer
     from cvae_pms.simulate import simulate
-    from cvae_pms.train import train
+    from cvae_pms.training import train
 
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -40,7 +40,7 @@ def main() -> None:
     import tensorflow as tf
     from cvae_pms.grid.gridfile import open_grid
     from cvae_pms.model.rundir import load_run
-    from cvae_pms.train import train
+    from cvae_pms.training import train
     from cvae_pms.xp.noise import draw_observation
     from cvae_pms.xp.photometry import scale_to_g
 

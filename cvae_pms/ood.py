@@ -5,7 +5,7 @@ OOD distance of a source = mean Euclidean distance from its standardised feature
 noisy spectra of the run's training split (fresh noise drawn with the training noise
 model). The threshold is the 99th percentile of the same statistic over noisy spectra of the
 run's test split, so about 1 % of in-distribution sources are flagged. ``train`` builds the
-index (:mod:`cvae_pms.ood_build`) into ``RUN/ood.npz``; inference only reads it.
+index (:mod:`cvae_pms.training.ood_index`) into ``RUN/ood.npz``; inference only reads it.
 
 Bound flag: a parameter "piles at a bound" when more than :data:`BOUND_FRACTION` (20 %) of
 its samples lie within :data:`EDGE_WIDTH` (1 %) of the box width from an edge, unless the

@@ -133,7 +133,7 @@ def _grid_rows(grid, rows: str, n: int | None, rng: np.random.Generator, split_s
     if run_dir is not None:
         pool = run_test_rows(run_dir, grid)
     elif rows == "test":
-        from cvae_pms.train import DEFAULT_CONFIG, split_indices
+        from cvae_pms.training.config import DEFAULT_CONFIG, split_indices
 
         t = DEFAULT_CONFIG["training"]
         pool = split_indices(grid.n, split_seed, t["val_fraction"], t["test_fraction"])["test"]

@@ -65,12 +65,12 @@ TINY_OVERRIDES = (
 
 def make_run(tmp: Path, epochs: int = 4, n: int = 1500, ood: bool = True) -> Path:
     """Train a tiny CVAE on a stand-in grid into ``tmp/run`` (and build its OOD index)."""
-    from cvae_pms.train import train
+    from cvae_pms.training import train
 
     tmp.mkdir(parents=True, exist_ok=True)
     grid = make_grid(tmp / "grid.h5", n=n)
     cfg = tmp / "tiny.toml"
-    cfg.write_text("# tiny test recipe (everything else: cvae_pms.train.DEFAULT_CONFIG)\n")
+    cfg.write_text("# tiny test recipe (everything else: cvae_pms.training.config.DEFAULT_CONFIG)\n")
     run = tmp / "run"
     train(grid, cfg, run, overrides=TINY_OVERRIDES + (f"training.epochs={epochs}",),
           noise_model=noise_model(), log=lambda s: None,
@@ -153,7 +153,7 @@ def shared_lum_run(tmp_path_factory, epochs: int = 3) -> Path:
     if not (run / "ood.npz").is_file():
         import shutil
 
-        from cvae_pms.train import train
+        from cvae_pms.training import train
 
         shutil.rmtree(base, ignore_errors=True)
         base.mkdir(parents=True)

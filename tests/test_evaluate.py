@@ -21,7 +21,7 @@ def tiny_run(tmp_path_factory):
     from cvae_pms.grid.gridfile import write_grid
     from cvae_pms.physics.photosphere import table_wavelength_nm
     from cvae_pms.physics.sed import forward_model_meta, sed_flux
-    from cvae_pms.train import train
+    from cvae_pms.training import train
     from cvae_pms.xp.instrument import sed_to_coefficients
 
     tmp = tmp_path_factory.mktemp("evaluate")

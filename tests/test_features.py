@@ -126,7 +126,7 @@ def test_noise_parity_training_vs_simulated_observation(feat, g, n_transits, cop
     noise path inside the train step), same star, same G and transits: same distribution.
     ``copies > 1``: several draws per grid row share the covariance (training.noise_copies)."""
     from cvae_pms.simulator import TrainingNoise
-    from cvae_pms.train import DEFAULT_CONFIG
+    from cvae_pms.training import DEFAULT_CONFIG
     model = NoiseModel(model_error_fraction=ME)
     bp, rp = _stars(teff=(4200.0,), a0=(1.5,))
     n = 2400
@@ -160,7 +160,7 @@ def test_training_error_features_follow_the_noisy_draw_not_the_truth(feat):
     stay a fixed function of the noise-free spectrum (which lets a network read the noise-free
     shape off the error features)."""
     from cvae_pms.simulator import TrainingNoise
-    from cvae_pms.train import DEFAULT_CONFIG
+    from cvae_pms.training import DEFAULT_CONFIG
     model = NoiseModel(model_error_fraction=0.0)
     bp, rp = _stars(teff=(4200.0,), a0=(1.5,))
     n = 600
@@ -184,7 +184,7 @@ def test_training_error_features_follow_the_noisy_draw_not_the_truth(feat):
 def test_noise_parity_detects_double_noise(feat):
     """The parity check has teeth: noise added twice in training is caught."""
     from cvae_pms.simulator import TrainingNoise
-    from cvae_pms.train import DEFAULT_CONFIG
+    from cvae_pms.training import DEFAULT_CONFIG
     model = NoiseModel(model_error_fraction=ME)
     bp, rp = _stars(teff=(4200.0,), a0=(1.5,))
     n = 2000

@@ -155,7 +155,7 @@ def test_shipped_threshold_has_provenance():
 @pytest.mark.slow
 def test_infer_end_to_end_flags_and_columns(grid, observed, tmp_path):
     from helpers_infer import TINY_OVERRIDES, noise_model
-    from cvae_pms.train import train
+    from cvae_pms.training import train
     cfg = tmp_path / "tiny.toml"
     cfg.write_text("# tiny\n")
     run = tmp_path / "run"

@@ -19,7 +19,7 @@ from cvae_pms.astrometry import (AstrometryError, luminosity_channel, read_astro
 from cvae_pms.cli import main
 from cvae_pms.features import N_FEATURES, FeatureSpec, Featuriser
 from cvae_pms.infer import InferError, cached_model, infer
-from cvae_pms.train import TrainingError, train
+from cvae_pms.training import TrainingError, train
 
 import helpers_infer as h
 
@@ -335,7 +335,7 @@ def test_parallax_zero_point_and_min_over_error_end_to_end(tmp_path, lum_run):
 
 
 def test_lum_recipe_is_cpu_quick_with_the_channel_on():
-    from cvae_pms.train import load_config
+    from cvae_pms.training import load_config
     quick, _ = load_config("cpu-quick")
     lum, _ = load_config("cpu-quick-lum")
     assert quick["luminosity"]["enabled"] is False and lum["luminosity"]["enabled"] is True

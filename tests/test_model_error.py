@@ -110,7 +110,7 @@ def test_empirical_model_error_depends_on_teff_and_survives_projection(star):
 def training_noise():
     from cvae_pms.features import Featuriser, FeatureSpec
     from cvae_pms.simulator import TrainingNoise
-    from cvae_pms.train import DEFAULT_CONFIG
+    from cvae_pms.training import DEFAULT_CONFIG
 
     model = NoiseModel.default()
     feat = Featuriser(FeatureSpec(model_error_frac=np.full(343, model.model_error_fraction)))

@@ -8,7 +8,7 @@ import pytest
 
 from cvae_pms import params
 from cvae_pms import ood
-from cvae_pms.ood_build import build_ood_index
+from cvae_pms.training.ood_index import build_ood_index
 
 import helpers_infer as h
 
@@ -145,7 +145,7 @@ def wide_run(tmp_path_factory):
 
     The OOD statistic uses only the standardised network input, so one epoch is enough.
     """
-    from cvae_pms.train import train
+    from cvae_pms.training import train
 
     base = tmp_path_factory.mktemp("ood_wide")
     grid = h.make_grid(base / "grid.h5", n=6000, seed=3)

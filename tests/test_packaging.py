@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_recipes_and_priors_resolve_by_name_from_the_package():
     import cvae_pms
     from cvae_pms.priors import PRIOR_DIR, load_prior
-    from cvae_pms.train import RECIPE_DIR, load_config
+    from cvae_pms.training import RECIPE_DIR, load_config
     pkg = Path(cvae_pms.__file__).parent
     assert RECIPE_DIR.parent == pkg and PRIOR_DIR.parent == RECIPE_DIR   # not the source tree
     cfg, text = load_config("cpu-quick")

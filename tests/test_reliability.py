@@ -395,7 +395,7 @@ def test_9_simulate_rejects_g_outside_the_noise_model_range(run, tmp_path, g):
 
 
 def test_11_simulate_n_larger_than_the_split_warns(run, tmp_path):
-    from cvae_pms.train import DEFAULT_CONFIG, split_indices
+    from cvae_pms.training import DEFAULT_CONFIG, split_indices
     from cvae_pms.xp.archive import read_xp
 
     out = tmp_path / "sim.csv"

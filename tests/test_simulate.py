@@ -99,7 +99,7 @@ def test_gaiaxpy_reads_the_output(tmp_path, grid):
     truth = Table.read(tmp_path / "obs_truth.csv", format="ascii.csv")
     assert np.all(truth["g_mag"] == 15.0) and np.all(truth["n_transits"] == 40)
     # --rows test draws from the training test split (seed 1, 10 %)
-    from cvae_pms.train import split_indices
+    from cvae_pms.training import split_indices
 
     assert set(truth["grid_row"]) <= set(split_indices(300, 1, 0.1, 0.1)["test"])
 

@@ -14,7 +14,7 @@ PKG = Path(__file__).resolve().parents[1] / "cvae_pms"
 #: Where inference starts (the Python API and the infer pipeline).
 INFERENCE_ENTRY = ("cvae_pms.api", "cvae_pms.infer")
 #: Training-side modules: they open grids or run the training noise path.
-TRAINING_SIDE = ("cvae_pms.train", "cvae_pms.simulator", "cvae_pms.ood_build",
+TRAINING_SIDE = ("cvae_pms.training", "cvae_pms.simulator",
                  "cvae_pms.simulate", "cvae_pms.evaluate", "cvae_pms.grid.gridfile",
                  "cvae_pms.grid.ingest")
 #: Cycles still to be taken apart (xp/archive <-> xp/sampled <-> xp/sampling: task of the

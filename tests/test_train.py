@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from cvae_pms import params as P
 from cvae_pms.grid.gridfile import write_grid
 from cvae_pms.model.rundir import RunDirError, load_run
-from cvae_pms.train import TrainingError, load_config, read_history, split_indices, train
+from cvae_pms.training import TrainingError, load_config, read_history, split_indices, train
 from cvae_pms.xp.instrument import sed_to_coefficients
 from cvae_pms.xp.noise import NoiseModel, draw_observation
 from cvae_pms.xp.photometry import scale_to_g

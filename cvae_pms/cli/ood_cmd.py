@@ -21,7 +21,7 @@ def ood() -> None:
 def rebuild(run_dir: str, grid_path: str | None, seed: int) -> None:
     """Rebuild RUN/ood.npz from the training grid, as train does at the end of a run."""
     from cvae_pms.model.rundir import load_run
-    from cvae_pms.ood_build import build_ood_index
+    from cvae_pms.training.ood_index import build_ood_index
 
     index = build_ood_index(run_dir, seed=seed, run=load_run(run_dir), grid_path=grid_path)
     click.echo(f"OOD index: {Path(run_dir) / 'ood.npz'} (threshold {index.threshold:.3g}, "

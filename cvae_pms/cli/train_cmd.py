@@ -22,7 +22,7 @@ def train(grid_path: str, config: str, out: str, resume: bool, overrides: tuple[
     """Train a CVAE: fresh XP noise every batch, KL annealing, a checkpoint every epoch."""
     from cvae_pms.features import FeatureError
     from cvae_pms.model.rundir import RunDirError
-    from cvae_pms.train import TrainingError, train as run_training
+    from cvae_pms.training import TrainingError, train as run_training
     from cvae_pms.xp.noise import NoiseModelError
 
     try:
