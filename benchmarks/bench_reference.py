@@ -1,0 +1,205 @@
+"""Is the nested-sampling reference calibrated, and how close is the CVAE to it? (issue 18)
+
+    python benchmarks/bench_reference.py [--run runs/cal-quick] [--n 100] [--n-repeat 30]
+        [--g 15] [--nlive 250] [--procs 2] [--sampler dynesty|emcee] [--out DIR]
+
+Test stars: parameters drawn uniformly in the box (the grid's prior, so the reference's
+prior is the true one), spectra from the built-in forward model with the settings of the
+run's grid (default settings without ``--run``), observed at G = ``--g`` with transits
+uniform in the recipe range (15-80) through :func:`cvae_pms.simulator.simulate_observations`
+(coefficient noise, then the model error at the star's true T_eff: what training sees).
+
+Reference: :func:`cvae_pms.diagnostics.reference_nested.run_dynesty` on
+:class:`~cvae_pms.diagnostics.likelihood.XPLikelihood` with ``teff_dependent=True``
+(``--sampler emcee``: :func:`~cvae_pms.diagnostics.reference_mcmc.run_emcee` on the same
+likelihood, for comparison). Reported:
+
+- coverage: fraction of stars whose true value lies inside the central 68 % / 95 % interval,
+  per parameter, with the binomial standard error ``sqrt(p (1 - p) / n)`` at the nominal p;
+- self floor: 1-D JS divergence (bits) per parameter, and 2-D for (T_eff, A0) and
+  (log g, log Mdot), between two runs with different seeds on the first ``--n-repeat`` stars;
+- with ``--run``: the CVAE's JS to the reference on the same stars and the ratio of medians.
+
+Writes ``OUT/reference.json`` (config, per-star results) and ``OUT/reference_samples.npz``;
+prints a Markdown table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+PAIRS = (("teff", "a0"), ("logg", "log_mdot"))
+_STATE: dict = {}
+
+
+def _init(meta: dict, obs: dict, sampler: str, nlive: int) -> None:
+    from cvae_pms.diagnostics.likelihood import builtin_forward
+    _STATE.update(forward=builtin_forward(meta), obs=obs, sampler=sampler, nlive=nlive)
+
+
+def _reference(job: tuple[int, int]) -> tuple[int, int, np.ndarray, dict]:
+    """One reference run: (star, seed) -> unit-box samples and the run's summary."""
+    from cvae_pms import params
+    from cvae_pms.diagnostics.likelihood import XPLikelihood
+    i, seed = job
+    o = _STATE["obs"]
+    like = XPLikelihood(_STATE["forward"], o["bp"][i], o["rp"][i], o["bp_cov"][i],
+                        o["rp_cov"][i], to_physical=params.from_unit, teff_dependent=True)
+    if _STATE["sampler"] == "dynesty":
+        from cvae_pms.diagnostics.reference_nested import run_dynesty
+        res = run_dynesty(like, params.N_PARAMS, seed=seed, nlive=_STATE["nlive"])
+    else:
+        from cvae_pms.diagnostics.reference_mcmc import run_emcee
+        res = run_emcee(like, params.N_PARAMS, seed=seed)
+    return i, seed, res.samples_unit.astype(np.float32), res.summary()
+
+
+def test_stars(meta: dict | None, n: int, g_mag: float, seed: int) -> tuple[np.ndarray, dict]:
+    """The benchmark's stars: parameters (n, 7) uniform in the box and their observations
+    (``bp``, ``rp``, ``bp_cov``, ``rp_cov``) at ``g_mag``; deterministic for a seed."""
+    from cvae_pms import params
+    from cvae_pms.diagnostics.likelihood import builtin_forward
+    from cvae_pms.grid.synth import sample_box
+    from cvae_pms.physics.sed import forward_model_meta
+    from cvae_pms.simulator import draw_g_transits, simulate_observations
+    theta = sample_box(n, seed, "random")
+    rng = np.random.default_rng([seed, 15])
+    g, nt = draw_g_transits(rng, n, (g_mag, g_mag), (15, 80))
+    bp, rp = builtin_forward(meta or {"forward_model": forward_model_meta()})(theta)
+    o = simulate_observations(bp, rp, g, nt, rng, teff=theta[:, params.INDEX["teff"]])
+    return theta, {"bp": o.bp, "rp": o.rp, "bp_cov": o.bp_cov, "rp_cov": o.rp_cov}
+
+
+def coverage(samples_unit: list[np.ndarray], truth_unit: np.ndarray, level: float) -> np.ndarray:
+    """Fraction (p,) of stars whose truth is inside the central ``level`` interval."""
+    lo, hi = 50 * (1 - level), 50 * (1 + level)
+    inside = [(np.percentile(s, lo, axis=0) <= t) & (t <= np.percentile(s, hi, axis=0))
+              for s, t in zip(samples_unit, truth_unit)]
+    return np.mean(inside, axis=0)
+
+
+def js_table(a: list[np.ndarray], b: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Per star 1-D JS (n, 7) and 2-D JS for :data:`PAIRS` (n, len(PAIRS)), in bits."""
+    from cvae_pms import params
+    from cvae_pms.diagnostics.divergence import js_divergence_1d, js_divergence_2d
+    one = np.array([js_divergence_1d(x, y) for x, y in zip(a, b)])
+    idx = [(params.INDEX[p], params.INDEX[q]) for p, q in PAIRS]
+    two = np.array([[js_divergence_2d(x, y)[min(i, j), max(i, j)] for i, j in idx]
+                    for x, y in zip(a, b)])
+    return one, two
+
+
+def cvae_samples(run: str, obs: dict, n_samples: int) -> list[np.ndarray]:
+    """The CVAE's unit-box posterior samples per star (``cvae_pms.load(run).sample``)."""
+    import cvae_pms
+    from cvae_pms import params
+    res = cvae_pms.load(run).sample({k: obs[k] for k in ("bp", "rp", "bp_cov", "rp_cov")},
+                                    n=n_samples, seed=0, gof=False)
+    return [params.to_unit(s) for s in res.samples]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--run", help="CVAE model dir to compare (its grid's forward model is used)")
+    ap.add_argument("--n", type=int, default=100, help="test stars (coverage)")
+    ap.add_argument("--n-repeat", type=int, default=30, help="stars with a second run (JS)")
+    ap.add_argument("--g", type=float, default=15.0, help="G magnitude of the test stars")
+    ap.add_argument("--nlive", type=int, default=250)
+    ap.add_argument("--sampler", choices=("dynesty", "emcee"), default="dynesty")
+    ap.add_argument("--procs", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default="benchmarks/out/reference")
+    a = ap.parse_args(argv)
+
+    from cvae_pms import params
+    from cvae_pms.physics.sed import forward_model_meta
+
+    meta = (None if not a.run else json.loads((Path(a.run) / "grid.json").read_text())["meta"])
+    theta, obs = test_stars(meta, a.n, a.g, a.seed)
+    meta = meta or {"forward_model": forward_model_meta()}
+    jobs = [(i, 1000 + i) for i in range(a.n)] + [(i, 2000 + i) for i in range(a.n_repeat)]
+    t0 = time.perf_counter()
+    with mp.get_context("fork").Pool(a.procs, _init, (meta, obs, a.sampler, a.nlive)) as pool:
+        done = list(pool.imap_unordered(_reference, jobs))
+    wall = time.perf_counter() - t0
+    first = {i: (s, summ) for i, seed, s, summ in done if seed < 2000}
+    second = {i: s for i, seed, s, _ in done if seed >= 2000}
+    ref = [first[i][0] for i in range(a.n)]
+    truth = params.to_unit(theta)
+
+    cov68, cov95 = coverage(ref, truth, 0.68), coverage(ref, truth, 0.95)
+    se68, se95 = np.sqrt(0.68 * 0.32 / a.n), np.sqrt(0.95 * 0.05 / a.n)
+    self1, self2 = js_table(ref[:a.n_repeat], [second[i] for i in range(a.n_repeat)])
+    report = {"config": {**vars(a), "commit": _commit(), "date": time.strftime("%Y-%m-%d"),
+                         "wall_s": wall},
+              "coverage68": dict(zip(params.NAMES, cov68.tolist())),
+              "coverage95": dict(zip(params.NAMES, cov95.tolist())),
+              "binomial_se": {"68": se68, "95": se95},
+              "self_js_1d_median": dict(zip(params.NAMES, np.median(self1, 0).tolist())),
+              "self_js_2d_median": dict(zip(["-".join(p) for p in PAIRS],
+                                            np.median(self2, 0).tolist())),
+              "runs": [first[i][1] for i in range(a.n)]}
+    print(f"\n{a.sampler} reference, {a.n} stars at G = {a.g:g} ({a.n_repeat} twice), "
+          f"nlive {a.nlive}, {wall:.0f} s on {a.procs} processes "
+          f"(median {np.median([r['wall_s'] for r in report['runs']]):.1f} s per run)\n")
+    rows = [("parameter", "68 % cov", "95 % cov", "self JS 1-D [bits]")]
+    rows += [(p, f"{c68:.2f}", f"{c95:.2f}", f"{j:.4f}")
+             for p, c68, c95, j in zip(params.NAMES, cov68, cov95, np.median(self1, 0))]
+    if a.run:
+        cv = cvae_samples(a.run, {k: v[:a.n_repeat] for k, v in obs.items()}, 4000)
+        c1, c2 = js_table(ref[:a.n_repeat], cv)
+        report["cvae"] = {"run": a.run,
+                          "js_1d_median": dict(zip(params.NAMES, np.median(c1, 0).tolist())),
+                          "js_2d_median": dict(zip(["-".join(p) for p in PAIRS],
+                                                   np.median(c2, 0).tolist())),
+                          "ratio_1d": dict(zip(params.NAMES, (np.median(c1, 0)
+                                                              / np.median(self1, 0)).tolist()))}
+        rows[0] += ("CVAE JS 1-D", "ratio")
+        for k, p in enumerate(params.NAMES):
+            rows[k + 1] += (f"{np.median(c1[:, k]):.4f}",
+                            f"{np.median(c1[:, k]) / np.median(self1[:, k]):.1f}")
+    print("| " + " | ".join(rows[0]) + " |\n|" + " --- |" * len(rows[0]))
+    for r in rows[1:]:
+        print("| " + " | ".join(r) + " |")
+    print(f"\nbinomial standard error: 68 % {se68:.3f}, 95 % {se95:.3f}")
+    for name, med in report["self_js_2d_median"].items():
+        extra = (f", CVAE {report['cvae']['js_2d_median'][name]:.4f}" if a.run else "")
+        print(f"2-D JS {name}: self {med:.4f}{extra}")
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "reference.json").write_text(json.dumps(report, indent=1))
+    np.savez_compressed(out / "reference_samples.npz", theta=theta, first=_padded(ref),
+                        second=_padded([second[i] for i in range(a.n_repeat)]))
+    print(f"wrote {out / 'reference.json'}")
+    return 0
+
+
+def _padded(samples: list[np.ndarray]) -> np.ndarray:
+    """Stack per-star sample sets of unequal length, NaN-padded (n, S_max, p)."""
+    out = np.full((len(samples), max(s.shape[0] for s in samples), samples[0].shape[1]),
+                  np.nan, np.float32)
+    for k, s in enumerate(samples):
+        out[k, :s.shape[0]] = s
+    return out
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
