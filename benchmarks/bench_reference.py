@@ -7,10 +7,12 @@ Test stars: parameters drawn uniformly in the box (the grid's prior, so the refe
 prior is the true one), spectra from the built-in forward model with the settings of the
 run's grid (default settings without ``--run``), observed at G = ``--g`` with transits
 uniform in the recipe range (15-80) through :func:`cvae_pms.simulator.simulate_observations`
-(coefficient noise, then the model error at the star's true T_eff: what training sees).
+(the model error at the star's true T_eff and noise-free flux, then coefficient noise:
+what training sees).
 
 Reference: :func:`cvae_pms.diagnostics.reference_nested.run_dynesty` on
-:class:`~cvae_pms.diagnostics.likelihood.XPLikelihood` with ``teff_dependent=True``
+:class:`~cvae_pms.diagnostics.likelihood.XPLikelihood` with ``teff_dependent=True`` and
+``model_error_at="best_fit"``
 (``--sampler emcee``: :func:`~cvae_pms.diagnostics.reference_mcmc.run_emcee` on the same
 likelihood, for comparison). Reported:
 
@@ -54,7 +56,8 @@ def _reference(job: tuple[int, int]) -> tuple[int, int, np.ndarray, dict]:
     i, seed = job
     o = _STATE["obs"]
     like = XPLikelihood(_STATE["forward"], o["bp"][i], o["rp"][i], o["bp_cov"][i],
-                        o["rp_cov"][i], to_physical=params.from_unit, teff_dependent=True)
+                        o["rp_cov"][i], to_physical=params.from_unit, teff_dependent=True,
+                        model_error_at="best_fit", seed=seed)
     if _STATE["sampler"] == "dynesty":
         from cvae_pms.diagnostics.reference_nested import run_dynesty
         res = run_dynesty(like, params.N_PARAMS, seed=seed, nlive=_STATE["nlive"])

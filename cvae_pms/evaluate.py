@@ -496,7 +496,8 @@ def _emcee(grid, theta: np.ndarray, idx: np.ndarray, obs: tuple, cvae_s_per_sour
             per_source.append({"row": int(idx[i]), "skipped": "CVAE sampling failed"})
             continue
         like = likelihood.XPLikelihood(forward, bp[i], rp[i], bp_cov[i], rp_cov[i],
-                                           to_physical=params.from_unit)
+                                       to_physical=params.from_unit, teff_dependent=True,
+                                       model_error_at="best_fit", seed=cfg.seed + i)
         with threadpool_limits(1):
             chains = [reference_mcmc.run_emcee(like, params.N_PARAMS,
                                                seed=cfg.seed * 1000 + 2 * i + c,

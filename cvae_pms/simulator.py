@@ -114,12 +114,20 @@ def simulate_observations(bp: np.ndarray, rp: np.ndarray, g_mag: np.ndarray | fl
                           teff: np.ndarray | None = None, model_error_term=None) -> Observations:
     """Scale noise-free coefficients to ``g_mag`` and draw one noisy observation per row.
 
-    As in training: coefficient noise ``N(c, Cov(c))`` first, then (``model_error``) a
-    forward-model-error draw at the calibrated flux of that noisy observation, added in
-    coefficient space (:func:`draw_model_error_coefficients`). The returned covariances are the
-    coefficient-noise covariances only, estimated from the noisy coefficients as an archive's
-    errors are (``errors_from = "true"``: at the noise-free ones, for diagnostics only; see
-    :func:`cvae_pms.xp.noise.tf_draw_observation`).
+    The generative model (the one training uses, :class:`TrainingNoise`): the star's true
+    spectrum is the model times ``1 + delta``, a forward-model-error draw at the *noise-free*
+    flux (:func:`draw_model_error_coefficients`, added in coefficient space); Gaia then records
+    it with coefficient noise ``N(c', Cov(c'))``, ``c'`` the perturbed coefficients. The
+    returned covariances are the coefficient-noise covariances estimated from the noisy
+    coefficients, as an archive's errors are (``errors_from = "true"``: at ``c'``, for
+    diagnostics only; see :func:`cvae_pms.xp.noise.tf_draw_observation`). The model-error
+    term is not in them: it is what a likelihood adds
+    (:class:`cvae_pms.diagnostics.likelihood.XPLikelihood`, at the model's flux).
+
+    (Until 2026-12-05 the model error was drawn at the flux of the *noisy* observation; that
+    made its amplitude follow the noise in faint pixels, so no likelihood could be exact for
+    it: the chi^2 at the truth under the covariance at the observed flux had a heavy tail,
+    median 122 and 90 % 182 for 110 coefficients of a cool, reddened G = 15 star.)
 
     Args:
         bp, rp: (n, 55) noise-free coefficients (any flux scale).
@@ -146,12 +154,12 @@ def simulate_observations(bp: np.ndarray, rp: np.ndarray, g_mag: np.ndarray | fl
     if bad.any():
         raise SimulateError(f"row {int(np.argmax(bad))}: G magnitude of the input coefficients is "
                             "undefined (non-positive flux); cannot scale it")
+    if model_error:
+        d_bp, d_rp = draw_model_error_coefficients(bp_s, rp_s, rng, noise_model, teff,
+                                                   model_error_term)
+        bp_s, rp_s = bp_s + d_bp, rp_s + d_rp
     obs_bp, obs_rp, cov_bp, cov_rp = draw_observation(bp_s, rp_s, nt, rng, noise_model,
                                                       errors_from)
-    if model_error:
-        d_bp, d_rp = draw_model_error_coefficients(obs_bp, obs_rp, rng, noise_model, teff,
-                                                   model_error_term)
-        obs_bp, obs_rp = obs_bp + d_bp, obs_rp + d_rp
     return Observations(obs_bp, obs_rp, cov_bp, cov_rp, g, nt, np.asarray(factor, float))
 
 
@@ -175,14 +183,15 @@ class TrainingNoise:
         self.model = noise_model
         self.cfg = dict(noise_cfg)
         self.model_error = model_error or ModelError.from_config(self.cfg, noise_model)
-        # The flux-space draw goes through flux -> coefficients -> flux (the ridge map that
-        # simulate uses, MODEL_ERROR_RIDGE_ALPHA): an XP spectrum can carry
-        # only the part of a perturbation its 110 coefficients can express.
+        # The flux-space draw is mapped to coefficients with the ridge map that simulate
+        # uses (MODEL_ERROR_RIDGE_ALPHA): an XP spectrum can carry only the part of a
+        # perturbation its 110 coefficients can express. ``calibration``: coefficients
+        # (110,) -> flux (343,) in W m^-2 nm^-1.
         from cvae_pms.xp.flux_fit import ridge_projection
         from cvae_pms.xp.sampling import calibration_matrices
-        a = np.vstack(calibration_matrices())
-        self.me_projection = tf.constant(ridge_projection(MODEL_ERROR_RIDGE_ALPHA).T @ a,
-                                         tf.float32)
+        self.calibration = tf.constant(np.vstack(calibration_matrices()), tf.float32)
+        self.me_coefficients = tf.constant(ridge_projection(MODEL_ERROR_RIDGE_ALPHA).T,
+                                           tf.float32)
 
     def observe_at(self, bp0, rp0, g0, g, n_transits, seed, standardise: bool = True,
                    copies: int = 1, teff=None):
@@ -202,20 +211,27 @@ class TrainingNoise:
         s = tf.pow(10.0, -0.4 * (tf.cast(g, tf.float32) - tf.cast(g0, tf.float32)))[:, None]
         bp, rp = tf.cast(bp0, tf.float32) * s, tf.cast(rp0, tf.float32) * s
         seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 3)
-        # One float64 Cholesky of each Fisher matrix: draws L_F^{-T} z.
+        # The forward-model error first, at the noise-free flux of each copy (the star's true
+        # spectrum is model x (1 + delta); simulate_observations), mapped to coefficients.
+        c0 = tf.repeat(tf.concat([bp, rp], axis=1), copies, axis=0)        # (n k, 110)
+        t_rep = None if teff is None else tf.repeat(tf.reshape(teff, [-1]), copies, axis=0)
+        d = tf.cast(self.model_error.tf_draw(c0 @ self.calibration, t_rep, seeds[2])
+                    @ self.me_coefficients, tf.float64)                     # (n k, 110)
+        # One float64 Cholesky of each Fisher matrix of the noise-free spectrum: draws
+        # L_F^{-T} z (simulate draws at the perturbed spectrum: the noise amplitude differs
+        # by the model error's ~1-3 %, well below what the parity tests resolve).
         chols = tf_information_cholesky(bp, rp, n_transits, self.model)
         obs = []
         for k, (c, chol) in enumerate(zip((bp, rp), chols)):
             z = tf.random.stateless_normal(tf.concat([tf.shape(c)[:1], [copies, 55]], 0),
                                            seed=seeds[k], dtype=tf.float64)
             noise = tf_draw_from_cholesky(chol, z)                        # (n, copies, 55)
-            obs.append(tf.reshape(tf.cast(c, tf.float64)[:, None] + noise, [-1, 55]))
+            obs.append(tf.reshape(tf.cast(c, tf.float64)[:, None] + noise, [-1, 55])
+                       + d[:, 55 * k:55 * (k + 1)])
         nt_obs = tf.repeat(tf.cast(tf.reshape(n_transits, [-1]), tf.float64), copies, axis=0)
         chols_obs = tf_information_cholesky(obs[0], obs[1], nt_obs, self.model)
         var = self.feat.flux_variance_from_information(obs[0], obs[1], chols_obs)
         flux, unit = self.feat.scaled_flux(obs[0], obs[1])
-        t_rep = None if teff is None else tf.repeat(tf.reshape(teff, [-1]), copies, axis=0)
-        flux = flux + self.model_error.tf_draw(flux, t_rep, seeds[2]) @ self.me_projection
         var = var + self.feat.model_error_variance(flux)
         return self.feat.from_flux(flux, var, unit, standardise)
 

@@ -100,14 +100,19 @@ def test_real_archive_spectra_give_finite_features(real_xp, feat):
 
 
 def _numpy_simulated_features(bp, rp, g, n_transits, model, rng):
-    """The numpy path: D's numpy noise draws (coefficients, then model error in flux) and the
-    feature formulas written out in numpy (unstandardised)."""
+    """The numpy path: D's numpy noise draws (model error at the noise-free flux, mapped to
+    coefficients, then coefficient noise with errors from the noisy draw) and the feature
+    formulas written out in numpy (unstandardised)."""
+    from cvae_pms.simulator import MODEL_ERROR_RIDGE_ALPHA
+    from cvae_pms.xp.flux_fit import ridge_projection
     from cvae_pms.xp.noise import draw_model_error, draw_observation, model_error_variance
     from cvae_pms.xp.photometry import scale_to_g
     bp, rp, _ = scale_to_g(bp, rp, g)
-    bp_o, rp_o, cb, cr = draw_observation(bp, rp, n_transits, rng, model)
+    d = draw_model_error(sampled_flux(bp, rp), rng, model) @ ridge_projection(
+        MODEL_ERROR_RIDGE_ALPHA).T
+    bp_o, rp_o, cb, cr = draw_observation(bp + d[:, :55], rp + d[:, 55:], n_transits, rng,
+                                          model)
     flux = sampled_flux(bp_o, rp_o)
-    flux = flux + draw_model_error(flux, rng, model)
     sigma = np.sqrt(sampled_flux_error(cb, cr) ** 2 + model_error_variance(flux, model))
     norm = flux.mean(1, keepdims=True)
     return np.concatenate([flux / norm, np.clip(np.log10(sigma / norm), *RELNOISE_CLIP)], 1)

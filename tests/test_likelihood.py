@@ -67,3 +67,49 @@ def test_teff_dependent_needs_the_model_error(star):
     with pytest.raises(ValueError, match="teff_dependent"):
         XPLikelihood(forward, obs.bp[0], obs.rp[0], obs.bp_cov[0], obs.rp_cov[0],
                      to_physical=params.from_unit, teff_dependent=True, model_error=False)
+
+
+def _chi2_at_truth(like, u):
+    m, s = like.whitened_model(u)[0], like.best_scale(u)[0]
+    return float(np.sum((like._y - s * m) ** 2))
+
+
+def test_simulator_and_likelihood_agree_at_the_model_flux():
+    """The simulator draws the model error at the noise-free model flux: with the model-error
+    covariance at that flux the chi^2 at the truth follows chi^2 with 109 dof (110 coefficients,
+    one fitted scale); at the observed flux (which contains the draw) it has a heavy tail.
+    A cool, reddened star at G = 12, where the model error dominates the noise."""
+    forward = builtin_forward({"forward_model": forward_model_meta()})
+    theta = np.array([[3500.0, 4.0, 0.0, -8.5, 0.05, 0.8, 6.0]])
+    u = params.to_unit(theta)
+    bp, rp = forward(theta)
+    n = 200
+    obs = simulate_observations(np.repeat(bp, n, 0), np.repeat(rp, n, 0), 12.0, 40,
+                                np.random.default_rng(5), teff=np.full(n, 3500.0))
+    at_model, at_obs = [], []
+    for i in range(n):
+        args = (forward, obs.bp[i], obs.rp[i], obs.bp_cov[i], obs.rp_cov[i])
+        first = XPLikelihood(*args, to_physical=params.from_unit, teff=3500.0)
+        model = first.best_scale(u)[0] * first.model(u)[0]
+        at_obs.append(_chi2_at_truth(first, u))
+        at_model.append(_chi2_at_truth(XPLikelihood(*args, to_physical=params.from_unit,
+                                                    teff=3500.0, model_error_at=model), u))
+    q = np.percentile(at_model, [10, 50, 90])
+    # chi^2_109: 10/50/90 % = 90.6 / 108.3 / 127.6; 200 draws resolve ~ +-3 in the median
+    assert 85 < q[0] < 97 and 102 < q[1] < 115 and 120 < q[2] < 137, q
+    assert np.percentile(at_obs, 90) > 150        # measured 416 for a star like this
+
+
+def test_best_fit_model_error_reference(star):
+    """``model_error_at="best_fit"`` finds the maximum-likelihood point (near the truth here)
+    and evaluates the model error at its model flux; the truth's chi^2 is then plausible."""
+    forward, theta, obs = star
+    args = (forward, obs.bp[0], obs.rp[0], obs.bp_cov[0], obs.rp_cov[0])
+    like = XPLikelihood(*args, to_physical=params.from_unit, teff=float(theta[0, 0]),
+                        model_error_at="best_fit", seed=1)
+    u = params.to_unit(theta)
+    assert like(like.best_fit_unit[None])[0] >= like(u)[0] - 1e-6
+    assert abs(like.best_fit_unit[0] - u[0, 0]) < 0.1          # T_eff within 400 K
+    assert 70 < _chi2_at_truth(like, u) < 160
+    with pytest.raises(ValueError, match="model_error_at"):
+        XPLikelihood(*args, to_physical=params.from_unit, model_error_at="nonsense")

@@ -69,7 +69,8 @@ def test_xp_star_truth_inside_the_reference():
     o = simulate_observations(*forward(theta), 15.0, 40, np.random.default_rng(1),
                               teff=theta[:, 0])
     like = XPLikelihood(forward, o.bp[0], o.rp[0], o.bp_cov[0], o.rp_cov[0],
-                        to_physical=params.from_unit, teff_dependent=True)
+                        to_physical=params.from_unit, teff_dependent=True,
+                        model_error_at="best_fit")
     r = run_dynesty(like, 7, seed=0, nlive=100)
     lo, hi = np.percentile(params.from_unit(r.samples_unit), [0.5, 99.5], axis=0)
     assert np.all((lo <= theta[0]) & (theta[0] <= hi)), (lo, hi)

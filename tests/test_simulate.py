@@ -79,8 +79,11 @@ def test_settings_sidecar_and_no_model_error(tmp_path, grid):
     assert me["noise_model"]["model_error_fraction"] > 0 and me["model_error_ridge_alpha"] > 0
     assert not list(tmp_path.glob("*.tmp-*"))
     a, b = read_xp(tmp_path / "me.csv"), read_xp(tmp_path / "clean.csv")
-    # same seed: same coefficient noise and covariance; the model error is added on top
-    np.testing.assert_array_equal(a.bp_covariance, b.bp_covariance)
+    # the model error perturbs the star's spectrum before Gaia observes it: the reported
+    # errors (estimated from the observed coefficients) move by about its size, not more
+    var_a = np.diagonal(a.bp_covariance, axis1=1, axis2=2)
+    var_b = np.diagonal(b.bp_covariance, axis1=1, axis2=2)
+    assert np.median(np.abs(var_a[:, 0] / var_b[:, 0] - 1)) < 0.1
     diff = np.concatenate([a.bp_coefficients - b.bp_coefficients,
                            a.rp_coefficients - b.rp_coefficients], axis=1)
     assert np.all(np.abs(diff).max(axis=1) > 0)

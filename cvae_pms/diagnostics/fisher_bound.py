@@ -116,9 +116,13 @@ def observation_bounds(forward: Callable[[np.ndarray], tuple[np.ndarray, np.ndar
 
     std = np.empty((theta.shape[0], params.N_PARAMS))
     for i in range(theta.shape[0]):
+        u = params.to_unit(theta[i])
+        kw = dict(to_physical=params.from_unit, teff=float(theta[i, params.INDEX["teff"]]),
+                  model_error_term=model_error)
+        first = XPLikelihood(forward, bp[i], rp[i], bp_cov[i], rp_cov[i], **kw)
+        # the model error at the true model's flux (what the simulator draws it at)
+        true_model = first.best_scale(u[None])[0] * first.model(u[None])[0]
         like = XPLikelihood(forward, bp[i], rp[i], bp_cov[i], rp_cov[i],
-                            to_physical=params.from_unit,
-                            teff=float(theta[i, params.INDEX["teff"]]),
-                            model_error_term=model_error)
-        std[i] = star_bounds(like, params.to_unit(theta[i]), step)
+                            model_error_at=true_model, **kw)
+        std[i] = star_bounds(like, u, step)
     return std * (params.HIGH - params.LOW)

@@ -7,7 +7,18 @@ level, which the CVAE does not see either). The covariance is the source's own (
 independent, as in the archive) plus, by default, the forward-model error that training and
 ``simulate`` add (:func:`cvae_pms.simulator.model_error_coefficient_covariance`): ``P S P^T``
 with ``P`` (110, 343) the ridge map flux -> coefficients and ``S`` the fractional model-error
-covariance at the source's *observed* calibrated flux.
+covariance times the outer product of a calibrated flux, ``model_error_at``:
+
+- ``"best_fit"``: the flux of the maximum-likelihood model ``s m(theta_hat)`` (found with a
+  provisional likelihood at the observed flux, :func:`maximise`). The simulator draws the
+  model error at the star's noise-free model flux, so this is the exact covariance up to the
+  difference between the best-fit and the true model (a few per cent of ``S``); use it for a
+  reference posterior. On 150 draws of each of 5 stars at G = 12, 15, 17 the chi^2 at the
+  truth under the covariance at the true model flux follows chi^2_110 (10/50/90 %: 88/109/129).
+- ``"observed"`` (default, cheap): the observed flux. Biased: the observed flux contains the
+  model-error draw itself, so ``S`` is large exactly where the draw is; chi^2 at the truth
+  median 110-201 and 90 % 130-416 on the same stars (worst at G = 12, cool and reddened).
+- an array (110,): those coefficients' flux (e.g. the true model for a Fisher bound).
 
 The model error depends on T_eff (:class:`cvae_pms.xp.model_error.ModelError`: hat-function
 weights over T_eff nodes). Three choices:
@@ -57,15 +68,17 @@ class XPLikelihood:
     any fixed distance; ``bp``/``rp`` (55,) the observed coefficients, ``bp_cov``/``rp_cov``
     (55, 55) their covariance. ``to_physical`` maps unit-box rows to physical parameters.
     Call with unit-box points ``(w, 7)``; returns ``log L`` (w,) up to a constant. The
-    model-error options (``model_error``, ``teff``, ``teff_dependent``) are described in the
-    module docstring; ``model_error_term`` is the
+    model-error options (``model_error``, ``teff``, ``teff_dependent``, ``model_error_at``;
+    ``seed`` for the ``"best_fit"`` search, whose point is kept as ``best_fit_unit``) are
+    described in the module docstring; ``model_error_term`` is the
     :class:`~cvae_pms.xp.model_error.ModelError` (default: the shipped one).
     """
 
     def __init__(self, forward: Forward, bp: np.ndarray, rp: np.ndarray, bp_cov: np.ndarray,
                  rp_cov: np.ndarray, to_physical: Callable[[np.ndarray], np.ndarray],
                  model_error: bool = True, noise_model=None, teff: float | None = None,
-                 model_error_term=None, teff_dependent: bool = False) -> None:
+                 model_error_term=None, teff_dependent: bool = False,
+                 model_error_at="observed", seed: int = 0) -> None:
         from cvae_pms.simulator import model_error_coefficient_covariance
         from cvae_pms.xp.model_error import ModelError
 
@@ -78,17 +91,34 @@ class XPLikelihood:
                               np.asarray(rp, np.float64).ravel()])
         data_cov = linalg.block_diag(np.asarray(bp_cov, np.float64),
                                      np.asarray(rp_cov, np.float64))
+        self.best_fit_unit = None
+        if not model_error or (isinstance(model_error_at, str) and model_error_at == "observed"):
+            ref = obs
+        elif isinstance(model_error_at, str) and model_error_at == "best_fit":
+            provisional = XPLikelihood(forward, bp, rp, bp_cov, rp_cov, to_physical, True,
+                                       noise_model, teff, model_error_term)
+            self.best_fit_unit = maximise(provisional, P.N_PARAMS, seed)
+            ref = (provisional.best_scale(self.best_fit_unit[None])[0]
+                   * provisional.model(self.best_fit_unit[None])[0])
+        elif isinstance(model_error_at, str):
+            raise ValueError(f"model_error_at = {model_error_at!r}: 'observed', 'best_fit' or "
+                             "coefficients (110,)")
+        else:
+            ref = np.asarray(model_error_at, np.float64).ravel()
+            if ref.shape != (110,):
+                raise ValueError(f"model_error_at: expected 110 coefficients, got {ref.shape}")
+        self.model_error_reference = ref
         self.covariance = data_cov
         if model_error and not teff_dependent:
             self.covariance = data_cov + model_error_coefficient_covariance(
-                obs[:55], obs[55:], noise_model, teff, model_error_term)
+                ref[:55], ref[55:], noise_model, teff, model_error_term)
         self._chol = _cholesky(self.covariance)
         self._y = self._whiten(obs[None])[0]
         if self.teff_dependent:
             term = model_error_term or ModelError.default()
             self._nodes = np.asarray(term.teff_nodes, np.float64)
             node_cov = [data_cov + model_error_coefficient_covariance(
-                obs[:55], obs[55:], noise_model, float(t), term) for t in self._nodes]
+                ref[:55], ref[55:], noise_model, float(t), term) for t in self._nodes]
             self._intervals = [_interval(node_cov[j], node_cov[min(j + 1, len(node_cov) - 1)],
                                          obs) for j in range(max(1, len(node_cov) - 1))]
 
@@ -137,6 +167,33 @@ class XPLikelihood:
         (fixed covariance)."""
         m = self.whitened_model(u)
         return (m @ self._y) / np.sum(m * m, axis=1)
+
+
+def maximise(log_like: Callable[[np.ndarray], np.ndarray], ndim: int, seed: int = 0,
+             n_scan: int = 2048, maxiter: int = 150) -> np.ndarray:
+    """The unit-box point (ndim,) of highest ``log_like`` (vectorised over rows (w, ndim)):
+    ``n_scan`` uniform draws, the best ``15 ndim`` of them seeding
+    ``scipy.optimize.differential_evolution`` (vectorised, ``maxiter`` generations, then a
+    bounded L-BFGS-B polish). ~2 s for the XP likelihood."""
+    from scipy.optimize import differential_evolution, minimize
+
+    rng = np.random.default_rng([seed, 77])
+    u = rng.uniform(size=(n_scan, ndim))
+
+    def neg(points: np.ndarray) -> np.ndarray:
+        v = -np.asarray(log_like(np.clip(points, 0.0, 1.0)), np.float64)
+        return np.where(np.isfinite(v), v, 1e300)
+
+    lp = neg(u)
+    pop = u[np.argsort(lp)[:15 * ndim]]
+    res = differential_evolution(lambda pt: neg(np.asarray(pt).T), [(0.0, 1.0)] * ndim,
+                                 init=pop, maxiter=maxiter, tol=1e-10,
+                                 seed=int(rng.integers(2**31)), polish=False, vectorized=True,
+                                 updating="deferred")
+    best = np.clip(np.asarray(res.x, np.float64), 0.0, 1.0)
+    pol = minimize(lambda x: float(neg(x[None])[0]), best, method="L-BFGS-B",
+                   bounds=[(0.0, 1.0)] * ndim, options={"maxiter": 200})
+    return np.asarray(pol.x if pol.fun <= res.fun else best, np.float64)
 
 
 def _interval(cov_lo: np.ndarray, cov_hi: np.ndarray, obs: np.ndarray):
