@@ -5,8 +5,8 @@
         [--n-test 500] [--reference benchmarks/out/reference_g15] [--out benchmarks/out/peers]
 
 Same training grid (the run's grid and its train split), same noise model (training's:
-G uniform in the recipe range, transits 15-80, coefficient noise then the model error at the
-true T_eff, through :func:`cvae_pms.simulator.simulate_observations`), same network features
+G uniform in the recipe range, transits 15-80, the model error at the true T_eff and
+noise-free flux, then coefficient noise, through :func:`cvae_pms.simulator.simulate_observations`), same network features
 (:meth:`cvae_pms.model.rundir.Run.features`), same held-out observations (the run's test rows
 at each G, transits 15-80).
 
@@ -238,6 +238,12 @@ def _reference_js(ref_dir: str, run, post, npe, out: Path, seed: int) -> dict:
             else None)
     theta, obs = test_stars(meta, cfg["n"], cfg["g"], cfg["seed"])
     np.testing.assert_allclose(theta, ref["theta"], rtol=1e-12)
+    if "digest" in ref:     # the same observations (forward model and noise), not only theta
+        import hashlib
+        got = hashlib.sha256(np.ascontiguousarray(obs["bp"]).tobytes()).hexdigest()[:16]
+        if got != str(ref["digest"]):
+            raise SystemExit(f"{ref_dir}: reference made on other observations of its stars "
+                             "(forward model or simulator changed); rerun bench_reference.py")
     obs = {k: v[:m] for k, v in obs.items()}
     first = [r[np.isfinite(r).all(axis=1)] for r in ref["first"][:m]]
     second = [r[np.isfinite(r).all(axis=1)] for r in ref["second"]]

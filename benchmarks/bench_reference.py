@@ -2,6 +2,7 @@
 
     python benchmarks/bench_reference.py [--run runs/cal-quick] [--n 100] [--n-repeat 30]
         [--g 15] [--nlive 250] [--procs 2] [--sampler dynesty|emcee] [--out DIR]
+        [--reuse DIR]
 
 Test stars: parameters drawn uniformly in the box (the grid's prior, so the reference's
 prior is the true one), spectra from the built-in forward model with the settings of the
@@ -28,6 +29,7 @@ prints a Markdown table.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import multiprocessing as mp
 import subprocess
@@ -122,6 +124,8 @@ def main(argv=None) -> int:
     ap.add_argument("--procs", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="benchmarks/out/reference")
+    ap.add_argument("--reuse", help="folder of an earlier run on the same test stars: take its "
+                    "reference samples instead of sampling again (e.g. to add --run)")
     a = ap.parse_args(argv)
 
     from cvae_pms import params
@@ -130,21 +134,28 @@ def main(argv=None) -> int:
     meta = (None if not a.run else json.loads((Path(a.run) / "grid.json").read_text())["meta"])
     theta, obs = test_stars(meta, a.n, a.g, a.seed)
     meta = meta or {"forward_model": forward_model_meta()}
-    jobs = [(i, 1000 + i) for i in range(a.n)] + [(i, 2000 + i) for i in range(a.n_repeat)]
-    t0 = time.perf_counter()
-    with mp.get_context("fork").Pool(a.procs, _init, (meta, obs, a.sampler, a.nlive)) as pool:
-        done = list(pool.imap_unordered(_reference, jobs))
-    wall = time.perf_counter() - t0
-    first = {i: (s, summ) for i, seed, s, summ in done if seed < 2000}
-    second = {i: s for i, seed, s, _ in done if seed >= 2000}
-    ref = [first[i][0] for i in range(a.n)]
+    digest = hashlib.sha256(np.ascontiguousarray(obs["bp"]).tobytes()).hexdigest()[:16]
+    if a.reuse:
+        ref, second_list, runs, wall = _load(Path(a.reuse), digest, a.n, a.n_repeat)
+        first = {i: (ref[i], runs[i]) for i in range(a.n)}
+        second = dict(enumerate(second_list))
+    else:
+        jobs = [(i, 1000 + i) for i in range(a.n)] + [(i, 2000 + i) for i in range(a.n_repeat)]
+        t0 = time.perf_counter()
+        with mp.get_context("fork").Pool(a.procs, _init,
+                                         (meta, obs, a.sampler, a.nlive)) as pool:
+            done = list(pool.imap_unordered(_reference, jobs))
+        wall = time.perf_counter() - t0
+        first = {i: (s, summ) for i, seed, s, summ in done if seed < 2000}
+        second = {i: s for i, seed, s, _ in done if seed >= 2000}
+        ref = [first[i][0] for i in range(a.n)]
     truth = params.to_unit(theta)
 
     cov68, cov95 = coverage(ref, truth, 0.68), coverage(ref, truth, 0.95)
     se68, se95 = np.sqrt(0.68 * 0.32 / a.n), np.sqrt(0.95 * 0.05 / a.n)
     self1, self2 = js_table(ref[:a.n_repeat], [second[i] for i in range(a.n_repeat)])
     report = {"config": {**vars(a), "commit": _commit(), "date": time.strftime("%Y-%m-%d"),
-                         "wall_s": wall},
+                         "wall_s": wall, "observations_digest": digest},
               "coverage68": dict(zip(params.NAMES, cov68.tolist())),
               "coverage95": dict(zip(params.NAMES, cov95.tolist())),
               "binomial_se": {"68": se68, "95": se95},
@@ -182,9 +193,28 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "reference.json").write_text(json.dumps(report, indent=1))
     np.savez_compressed(out / "reference_samples.npz", theta=theta, first=_padded(ref),
-                        second=_padded([second[i] for i in range(a.n_repeat)]))
+                        second=_padded([second[i] for i in range(a.n_repeat)]),
+                        digest=np.array(digest))
     print(f"wrote {out / 'reference.json'}")
     return 0
+
+
+def _load(folder: Path, digest: str, n: int, n_repeat: int):
+    """Reference samples of an earlier run (``--reuse``): (first, second, runs, wall_s); the
+    test observations must be the same (same ``--n``, ``--g``, ``--seed`` and forward model)."""
+    with np.load(folder / "reference_samples.npz") as d:
+        if "digest" not in d or str(d["digest"]) != digest:
+            raise SystemExit(f"{folder}: its reference was run on other test observations "
+                             "(different --n, --g, --seed or forward model)")
+        first, second = d["first"], d["second"]
+    if first.shape[0] != n or second.shape[0] < n_repeat:
+        raise SystemExit(f"{folder}: holds {first.shape[0]} stars ({second.shape[0]} twice), "
+                         f"asked for {n} ({n_repeat})")
+    rep = json.loads((folder / "reference.json").read_text())
+
+    def unpad(x):
+        return [s[np.isfinite(s).all(axis=1)] for s in x]
+    return unpad(first), unpad(second[:n_repeat]), rep["runs"], rep["config"]["wall_s"]
 
 
 def _padded(samples: list[np.ndarray]) -> np.ndarray:

@@ -98,13 +98,15 @@ def test_evaluate_cli_writes_consistent_numbers_and_figures(tiny_run):
     bvc = Table.read(out / "baseline_vs_cvae.csv")
     assert len(bvc) == 2 * params.N_PARAMS
     assert set(m["baseline"]["per_parameter"]) == set(params.NAMES)
-    # emcee reference on the exact likelihood for one source, with its floor.
-    e = m["emcee"]
+    # emcee reference (the --emcee alias) on the exact likelihood for one source, with its
+    # floor.
+    e = m["reference"]
+    assert e["sampler"] == "emcee"
     assert e["n_sources"] == 1 and len(e["per_source"][0]["chains"]) == 2
     for name in params.NAMES:
         for key in ("js_cvae_bits", "js_floor_bits"):
             assert 0 <= e["per_source"][0][key][name] <= 1
-    assert e["speed_ratio_emcee_over_cvae"] > 1
+    assert e["speed_ratio_reference_over_cvae"] > 1
     # Fisher forecast of the accuracy limit on the same observations, per G setting: the mass
     # has no spectral signature once the flux level is free, so its forecast is the prior's
     # standard deviation; everything else is constrained below it.
@@ -203,3 +205,23 @@ def test_evaluate_and_infer_give_the_same_samples(tiny_run):
         med = np.median(chunk.samples.astype(np.float64), axis=1)
         for k, p in enumerate(params.NAMES):
             np.testing.assert_allclose(pred[f"{p}_median"], med[:, k], rtol=1e-6)
+
+
+def test_evaluate_dynesty_reference(tiny_run):
+    """``--reference N`` (dynesty by default): two independent nested-sampling runs per
+    source on the exact likelihood, the truth's quantile and the JS floor reported."""
+    tmp, grid, run = tiny_run
+    out = tmp / "eval_dynesty"
+    r = CliRunner().invoke(main, [
+        "evaluate", str(run), "--grid", str(grid), "--n", "6", "--g-mag", "15",
+        "--samples", "200", "--seed", "4", "--reference", "1", "--nlive", "60",
+        "--no-baseline", "--no-fisher", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    e = json.loads((out / "metrics.json").read_text())["reference"]
+    assert e["sampler"] == "dynesty" and e["n_sources"] == 1
+    src = e["per_source"][0]
+    assert len(src["chains"]) == 2 and all(c["nlive"] == 60 for c in src["chains"])
+    assert all(np.isfinite(c["logz"]) for c in src["chains"])
+    for name in params.NAMES:
+        assert 0 <= src["js_floor_bits"][name] <= 1
+        assert 0 <= src["truth_quantile_in_reference"][name] <= 1

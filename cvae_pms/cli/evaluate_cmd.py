@@ -25,9 +25,18 @@ from cvae_pms.evaluate import evaluate as run_evaluation
 @click.option("--samples", type=click.IntRange(min=2), default=1000, show_default=True,
               help="Posterior samples per source.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for everything.")
-@click.option("--emcee", "emcee", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Sources with emcee reference posteriors (two chains each; ~10-30 s per "
-                   "chain on 1 core). 0 skips.")
+@click.option("--reference", "reference", type=click.IntRange(min=0), default=0,
+              show_default=True,
+              help="Sources with exact-likelihood reference posteriors (two independent runs "
+                   "each; dynesty ~20 s per run on 1 core at G = 15). 0 skips.")
+@click.option("--sampler", "reference_sampler", type=click.Choice(["dynesty", "emcee"]),
+              default="dynesty", show_default=True,
+              help="Reference sampler: dynesty nested sampling (calibrated, see the README) or "
+                   "emcee (kept for comparison; under-covers at G <~ 15).")
+@click.option("--nlive", type=click.IntRange(min=20), default=250, show_default=True,
+              help="dynesty live points.")
+@click.option("--emcee", "emcee", type=click.IntRange(min=0), default=None,
+              help="Alias of --reference N --sampler emcee (older scripts).")
 @click.option("--emcee-max-steps", type=click.IntRange(min=500), default=30000,
               show_default=True, help="Cap on emcee steps per chain.")
 @click.option("--fisher/--no-fisher", default=True, show_default=True,
@@ -40,7 +49,8 @@ from cvae_pms.evaluate import evaluate as run_evaluation
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Output directory (metrics.json/.csv/.ecsv, figures).")
 def evaluate(run_dir: Path, grid: Path, test_split: bool, n: int, g_mags: tuple[str, ...],
-                 transits: str, samples: int, seed: int, emcee: int, emcee_max_steps: int,
+                 transits: str, samples: int, seed: int, reference: int,
+                 reference_sampler: str, nlive: int, emcee: int | None, emcee_max_steps: int,
                  fisher: bool, baseline: bool, baseline_rows: int, out: Path) -> None:
     """Evaluate the trained RUN_DIR on held-out rows of its grid with simulated XP noise."""
     try:
@@ -49,7 +59,9 @@ def evaluate(run_dir: Path, grid: Path, test_split: bool, n: int, g_mags: tuple[
                              g_settings=parse_g_mags(g_mags),
                              rows="test" if test_split else "all", n=n,
                              transits=(int(lo), int(hi)), samples=samples, seed=seed,
-                             emcee=emcee, emcee_max_steps=emcee_max_steps, fisher=fisher,
+                             reference=reference if emcee is None else emcee,
+                             reference_sampler=reference_sampler if emcee is None else "emcee",
+                             nlive=nlive, emcee_max_steps=emcee_max_steps, fisher=fisher,
                              baseline=baseline,
                              baseline_rows=baseline_rows)
         result = run_evaluation(cfg, log=click.echo)
