@@ -129,6 +129,9 @@ def main(argv=None) -> int:
     ap.add_argument("--n-test", type=int, default=500)
     ap.add_argument("--copies", type=int, default=4, help="noise draws per training row (sbi)")
     ap.add_argument("--reference", help="bench_reference.py output dir for the JS columns")
+    ap.add_argument("--wait-reference", type=float, default=0.0, metavar="S",
+                    help="wait up to S seconds for a bench_reference.py still running on "
+                    "--reference to write its samples (default: do not wait)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="benchmarks/out/peers")
     a = ap.parse_args(argv)
@@ -216,6 +219,7 @@ def main(argv=None) -> int:
         print("\n".join(lines[-12:]), flush=True)
 
     if a.reference:
+        _wait_for(Path(a.reference) / "reference_samples.npz", a.wait_reference)
         report["js"] = _reference_js(a.reference, run, post, npe, out, a.seed)
         lines += _js_markdown(report["js"])
     (out / "peers.json").write_text(json.dumps(report, indent=1, default=float))
@@ -224,6 +228,21 @@ def main(argv=None) -> int:
         print("\n".join(_js_markdown(report["js"])))
     print(f"wrote {out / 'peers.json'} and {out / 'peers.md'}")
     return 0
+
+
+def _wait_for(path: Path, seconds: float) -> None:
+    """Poll for ``path`` (written last by bench_reference.py) for up to ``seconds``."""
+    end = time.monotonic() + seconds
+    if not path.exists() and seconds > 0:
+        print(f"waiting up to {seconds:.0f} s for {path}", flush=True)
+    while not path.exists() and time.monotonic() < end:
+        time.sleep(15)
+    if not path.exists():
+        raise SystemExit(f"{path}: no reference samples (run bench_reference.py first)")
+    size = -1
+    while path.stat().st_size != size:      # a writer still busy: wait until the size settles
+        size = path.stat().st_size
+        time.sleep(5)
 
 
 def _reference_js(ref_dir: str, run, post, npe, out: Path, seed: int) -> dict:

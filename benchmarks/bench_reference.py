@@ -192,9 +192,11 @@ def main(argv=None) -> int:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "reference.json").write_text(json.dumps(report, indent=1))
-    np.savez_compressed(out / "reference_samples.npz", theta=theta, first=_padded(ref),
+    tmp = out / "reference_samples.tmp.npz"    # written, then renamed: readers never see half
+    np.savez_compressed(tmp, theta=theta, first=_padded(ref),
                         second=_padded([second[i] for i in range(a.n_repeat)]),
                         digest=np.array(digest))
+    tmp.replace(out / "reference_samples.npz")
     print(f"wrote {out / 'reference.json'}")
     return 0
 

@@ -144,3 +144,31 @@ def test_importing_the_api_does_not_import_training():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=PKG.parent)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_every_error_class_has_the_common_base():
+    """The CLI catches CvaePmsError once: an error class outside it reaches users as a traceback."""
+    import builtins
+    import importlib
+    import inspect
+    import pkgutil
+
+    import cvae_pms
+    from cvae_pms.errors import CvaePmsError
+    builtin_errors = tuple(v for v in vars(builtins).values()
+                           if inspect.isclass(v) and issubclass(v, BaseException))
+    missing, seen = [], 0
+    for info in pkgutil.walk_packages(cvae_pms.__path__, "cvae_pms."):
+        try:
+            mod = importlib.import_module(info.name)
+        except ImportError:          # an optional extra (dask, ...) not installed here
+            continue
+        for name, obj in vars(mod).items():
+            if (inspect.isclass(obj) and issubclass(obj, Exception)
+                    and not issubclass(obj, Warning)
+                    and obj.__module__ == mod.__name__ and obj not in builtin_errors):
+                seen += 1
+                if not issubclass(obj, CvaePmsError):
+                    missing.append(f"{mod.__name__}.{name}")
+    assert seen >= 20
+    assert not missing, f"error classes without CvaePmsError: {missing}"

@@ -28,13 +28,14 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import CvaePmsError
 from .sampling import SAMPLING_NM
 
 DEFAULT_FILE = "model_error.npz"
 KINDS = ("empirical", "parametric")
 
 
-class ModelErrorError(ValueError):
+class ModelErrorError(CvaePmsError, ValueError):
     """An unreadable or inconsistent model-error file or option."""
 
 
