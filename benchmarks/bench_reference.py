@@ -155,7 +155,8 @@ def main(argv=None) -> int:
     se68, se95 = np.sqrt(0.68 * 0.32 / a.n), np.sqrt(0.95 * 0.05 / a.n)
     self1, self2 = js_table(ref[:a.n_repeat], [second[i] for i in range(a.n_repeat)])
     report = {"config": {**vars(a), "commit": _commit(), "date": time.strftime("%Y-%m-%d"),
-                         "wall_s": wall, "observations_digest": digest},
+                         "wall_s": wall, "observations_digest": digest,
+                         "scale_prior": "log-uniform"},
               "coverage68": dict(zip(params.NAMES, cov68.tolist())),
               "coverage95": dict(zip(params.NAMES, cov95.tolist())),
               "binomial_se": {"68": se68, "95": se95},

@@ -32,8 +32,46 @@ def brute_force(obs, forward, u):
         a, b, c = m @ ci @ m, m @ ci @ y, y @ ci @ y
         logdet = np.linalg.slogdet(cov)[1]
         out.append(-0.5 * logdet - 0.5 * c + 0.5 * b * b / a - 0.5 * np.log(a)
-                   + special.log_ndtr(b / np.sqrt(a)))
+                   + special.log_ndtr(b / np.sqrt(a)) - np.log(b / a))   # p(s) ~ 1/s
     return np.array(out)
+
+
+def test_log_uniform_scale_prior_ignores_the_model_brightness(star):
+    """p(s) ~ 1/s: a model made brighter by a parameter-dependent factor has the same
+    likelihood (the flux level carries no information, as for the CVAE); the uniform prior
+    penalises the brighter model by log k."""
+    forward, theta, obs = star
+    k = lambda th: 10 ** (0.4 * (th[:, 1] - 4.0))            # noqa: E731  brighter at high log g
+    bright = lambda th: tuple(x * k(th)[:, None] for x in forward(th))  # noqa: E731
+    u = np.repeat(params.to_unit(theta), 4, axis=0)
+    u[:, 1] += [0.0, 0.05, -0.05, 0.1]
+    args = (obs.bp[0], obs.rp[0], obs.bp_cov[0], obs.rp_cov[0])
+    for kw in ({"teff_dependent": True}, {"teff": 4200.0}):
+        a = XPLikelihood(forward, *args, to_physical=params.from_unit, **kw)(u)
+        b = XPLikelihood(bright, *args, to_physical=params.from_unit, **kw)(u)
+        np.testing.assert_allclose(b - b[0], a - a[0], atol=1e-8)
+        a = XPLikelihood(forward, *args, to_physical=params.from_unit, scale_prior="uniform",
+                         **kw)(u)
+        b = XPLikelihood(bright, *args, to_physical=params.from_unit, scale_prior="uniform",
+                         **kw)(u)
+        shift = -np.log(k(params.from_unit(u)))
+        np.testing.assert_allclose(b - b[0], a - a[0] + shift - shift[0], atol=1e-8)
+    with pytest.raises(ValueError, match="scale_prior"):
+        XPLikelihood(forward, *args, to_physical=params.from_unit, scale_prior="flat")
+
+
+def test_log_uniform_scale_marginal_matches_the_integral():
+    """The Laplace form equals the 1/s integral (taken above s = 0.01 s_hat) at SNR 30."""
+    from scipy import integrate
+    from cvae_pms.diagnostics.likelihood import _scale_marginal
+    a, s_hat = 900.0, 2.0              # scale signal-to-noise b / sqrt(a) = 60
+    b = a * s_hat
+    val, _ = integrate.quad(lambda s: np.exp(-0.5 * a * s * s + b * s - 0.5 * b * b / a) / s,
+                            0.01 * s_hat, 10 * s_hat, points=[s_hat], limit=200)
+    want = np.log(val) + 0.5 * b * b / a - 0.5 * np.log(2 * np.pi)
+    got = _scale_marginal(np.array([a]), np.array([b]))[0]
+    assert abs(got - want) < 1e-3
+    assert np.isneginf(_scale_marginal(np.array([a]), np.array([-b]))[0])
 
 
 def test_teff_dependent_likelihood_equals_the_direct_computation(star):
