@@ -218,6 +218,8 @@ def main(argv=None) -> int:
         lines += _markdown(g, res)
         print("\n".join(lines[-12:]), flush=True)
 
+    (out / "peers.json").write_text(json.dumps(report, indent=1, default=float))
+    (out / "peers.md").write_text("\n".join(lines) + "\n")       # kept if the JS part fails
     if a.reference:
         _wait_for(Path(a.reference) / "reference_samples.npz", a.wait_reference)
         report["js"] = _reference_js(a.reference, run, post, npe, out, a.seed)
@@ -248,7 +250,7 @@ def _wait_for(path: Path, seconds: float) -> None:
 def _reference_js(ref_dir: str, run, post, npe, out: Path, seed: int) -> dict:
     """JS (bits) of CVAE and NPE to the nested-sampling reference on bench_reference's stars
     (regenerated from its config), beside the reference's self floor; corner figures."""
-    from bench_reference import js_table, test_stars
+    from bench_reference import js_table, same_observations, test_stars
     from cvae_pms import params
     cfg = json.loads((Path(ref_dir) / "reference.json").read_text())["config"]
     ref = np.load(Path(ref_dir) / "reference_samples.npz")
@@ -257,12 +259,9 @@ def _reference_js(ref_dir: str, run, post, npe, out: Path, seed: int) -> dict:
             else None)
     theta, obs = test_stars(meta, cfg["n"], cfg["g"], cfg["seed"])
     np.testing.assert_allclose(theta, ref["theta"], rtol=1e-12)
-    if "digest" in ref:     # the same observations (forward model and noise), not only theta
-        import hashlib
-        got = hashlib.sha256(np.ascontiguousarray(obs["bp"]).tobytes()).hexdigest()[:16]
-        if got != str(ref["digest"]):
-            raise SystemExit(f"{ref_dir}: reference made on other observations of its stars "
-                             "(forward model or simulator changed); rerun bench_reference.py")
+    if not same_observations(ref, obs["bp"]):
+        raise SystemExit(f"{ref_dir}: reference made on other observations of its stars "
+                         "(forward model or simulator changed); rerun bench_reference.py")
     obs = {k: v[:m] for k, v in obs.items()}
     first = [r[np.isfinite(r).all(axis=1)] for r in ref["first"][:m]]
     second = [r[np.isfinite(r).all(axis=1)] for r in ref["second"]]
@@ -324,15 +323,17 @@ def _js_markdown(js: dict) -> list[str]:
 
 
 def _training_seconds(run_dir: Path) -> float:
-    """Wall-clock training time of the run [s] from its history (sum of epoch times)."""
+    """Wall-clock training time of the run [s] from its history: ``time_s`` is cumulative
+    (a resumed call continues from the last row), so the total is its last value; a history
+    where it drops (concatenated from separate runs) sums each segment's last value."""
     import csv
     with open(run_dir / "history.csv") as fh:
         rows = list(csv.DictReader(fh))
-    for key in ("elapsed_s", "wall_s", "time_s", "epoch_s"):
-        if rows and key in rows[0]:
-            vals = [float(r[key]) for r in rows]
-            return vals[-1] if key == "elapsed_s" else float(np.sum(vals))
-    raise SystemExit(f"{run_dir}/history.csv: no timing column; pass --budget-s")
+    if not rows or "time_s" not in rows[0]:
+        raise SystemExit(f"{run_dir}/history.csv: no time_s column; pass --budget-s")
+    t = np.array([float(r["time_s"]) for r in rows])
+    ends = np.append(np.flatnonzero(np.diff(t) < 0), t.size - 1)   # last epoch of each call
+    return float(t[ends].sum())
 
 
 def _commit() -> str:

@@ -196,7 +196,8 @@ def test_xp_likelihood_marginalises_the_flux_scale():
     rp_obs = s_true * rp[0] + rng.multivariate_normal(np.zeros(55), cov_r)
     # toy coefficients are no XP spectrum: coefficient noise only (model error: test_model_error)
     like = likelihood.XPLikelihood(forward, bp_obs, rp_obs, cov_b, cov_r,
-                                       to_physical=lambda u: u, model_error=False)
+                                       to_physical=lambda u: u, model_error=False,
+                                       scale_prior="uniform")
     pts = np.array([[0.3, 0.7], [0.32, 0.69]])
 
     def numeric(u):

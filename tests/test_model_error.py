@@ -152,11 +152,14 @@ def test_simulated_and_training_noise_agree(star, training_noise, g):
 
 
 def _gaussian_log_like(forward, obs, cov, u, s_grid):
-    """log of the integral over s of N(obs; s m(u), cov), on a grid (independent check)."""
+    """log of the integral over s of N(obs; s m(u), cov) ds / s, on a grid (independent check).
+
+    The 1/s weight is the default log-uniform prior on the flux scale.
+    """
     m = np.concatenate(forward(u[None]), axis=1)[0]
     r = obs[None] - s_grid[:, None] * m[None]
     chi2 = np.sum(r * np.linalg.solve(cov, r.T).T, axis=1)
-    return special.logsumexp(-0.5 * chi2) + np.log(s_grid[1] - s_grid[0])
+    return special.logsumexp(-0.5 * chi2 - np.log(s_grid)) + np.log(s_grid[1] - s_grid[0])
 
 
 def test_likelihood_includes_model_error(star):
