@@ -125,9 +125,11 @@ class Posterior:
             gof_p=cat("gof_p"), ess=cat("ess"))
 
 
-def load(run_dir: str | os.PathLike) -> Posterior:
-    """Load a trained model dir (``cvae-pms train --out RUN``) for :meth:`Posterior.sample`."""
-    return Posterior(run_dir)
+def load(run_dir: str | os.PathLike = "default") -> Posterior:
+    """Load a model for :meth:`Posterior.sample`: a model dir (``cvae-pms train --out RUN``)
+    or the name of an installed model (``"default"``, see ``cvae-pms models``)."""
+    from cvae_pms.models import resolve
+    return Posterior(resolve(run_dir))
 
 
 def _batches(spectra, batch: int):

@@ -41,5 +41,9 @@ def test_the_wheel_carries_recipes_priors_and_calibration_files(tmp_path):
     for f in ("cvae_pms/recipes/cpu-quick.toml", "cvae_pms/recipes/cpu-quick-lum.toml",
               "cvae_pms/recipes/cpu-full.toml", "cvae_pms/recipes/priors/chabrier-imf.toml",
               "cvae_pms/data/gof_threshold.json", "cvae_pms/data/model_error.npz",
-              "cvae_pms/data/photosphere_correction.npz"):
+              "cvae_pms/data/photosphere_correction.npz", "cvae_pms/recipes/default.toml"):
         assert f in names, f
+    # the shipped default model travels with every file inference reads
+    from cvae_pms import models
+    for f in sorted(p.name for p in (models.SHIPPED_DIR / models.DEFAULT).iterdir()):
+        assert f"cvae_pms/models/default/{f}" in names, f

@@ -23,6 +23,7 @@ from cvae_pms.errors import CvaePmsError
 #: (module in cvae_pms.cli, attribute) of every registered command or group.
 COMMANDS: tuple[tuple[str, str], ...] = (
     ("grid_cmd", "grid"),
+    ("models_cmd", "models"),
     ("xp_cmd", "xp"),
     ("crosscheck_cmd", "crosscheck"),
     ("train_cmd", "train"),

@@ -12,11 +12,33 @@ def _sigterm_to_exit(signum, frame) -> None:
     raise SystemExit(f"terminated by signal {signum}; completed sources kept (use --resume)")
 
 
+def split_model_and_inputs(model: str | None, args: tuple[Path, ...]) -> tuple[Path, tuple[Path, ...]]:
+    """(model dir, input files) from ``--model`` and the positional arguments.
+
+    With ``--model`` every argument is an input. Without it, a first argument that is a model
+    dir or an installed model's name is the model (the form ``infer RUN FILES``); otherwise
+    the installed default model is used.
+    """
+    from cvae_pms import models as shipped
+
+    if model is not None:
+        return shipped.resolve(model), args
+    if len(args) > 1 and (shipped.is_model_dir(args[0]) or str(args[0]) in shipped.installed()):
+        return shipped.resolve(args[0]), args[1:]
+    if len(args) == 1 and Path(args[0]).is_dir() and shipped.is_model_dir(args[0]):
+        raise click.UsageError(f"{args[0]} is a model dir: name the XP files to infer after it")
+    return shipped.resolve(None), args
+
+
 @click.command("infer")
-@click.argument("run", type=click.Path(path_type=Path))
-@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--out", "out", required=True, type=click.Path(path_type=Path),
-              help="Posterior HDF5 file to write (with --dask: the stem of one file per input).")
+@click.argument("args", nargs=-1, required=True, type=click.Path(path_type=Path),
+                metavar="[RUN] FILES...")
+@click.option("--model", "model", default=None,
+              help="Model: a model dir or an installed name (default, see 'cvae-pms models'); "
+                   "[default: a leading model-dir argument RUN, else 'default'].")
+@click.option("--out", "out", default=None, type=click.Path(path_type=Path),
+              help="Posterior HDF5 file to write (with --dask: the stem of one file per input) "
+                   "[default: posteriors.h5 in the current folder].")
 @click.option("--samples", default=1000, show_default=True, help="Posterior samples per source.")
 @click.option("--summary", type=click.Path(path_type=Path), default=None,
               help="Summary table (.ecsv, .csv or .fits).")
@@ -56,13 +78,16 @@ def _sigterm_to_exit(signum, frame) -> None:
 @click.option("--poor-fit-threshold", type=float, default=None,
               help="Flag poor_fit above this gof_chi2_red [default: the shipped threshold "
                    "calibrated on real APOGEE x XP stars].")
-def infer(run: Path, inputs: tuple[Path, ...], out: Path, samples: int, summary: Path | None,
+def infer(args: tuple[Path, ...], model: str | None, out: Path | None, samples: int, summary: Path | None,
           batch: int, seed: int, plots: Path | None, max_plots: int, truth: Path | None,
           resume: bool, dask_spec: str | None, quiet: bool, astrometry: Path | None,
           parallax_zero_point: float | None, min_parallax_over_error: float,
           prior: Path | None, keep_raw: bool, overwrite: bool, gof: bool,
           gof_draws: int | None, poor_fit_threshold: float | None) -> None:
-    """Draw posterior samples for every source in the XP files INPUTS with the model RUN.
+    """Draw posterior samples for every source in the XP files FILES.
+
+    The model is --model, or a leading model dir RUN (``infer RUN FILES``), or the installed
+    'default' model when neither is given (``cvae-pms infer my_xp.csv``).
 
     Writes OUT (samples, status flags, messages per source) and optionally a summary
     table and corner plots. Exit 1 when the model or an input cannot be used, an output exists
@@ -72,6 +97,9 @@ def infer(run: Path, inputs: tuple[Path, ...], out: Path, samples: int, summary:
     import time
 
     from cvae_pms.infer import infer as run_infer
+
+    run, inputs = split_model_and_inputs(model, args)
+    out = Path("posteriors.h5") if out is None else out
 
     command_line = ["cvae-pms", "infer", *sys.argv[2:]] if len(sys.argv) > 1 else ["cvae-pms"]
     # The one set of infer() options, for the single process and for every Dask task alike.
