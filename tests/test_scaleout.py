@@ -1,6 +1,8 @@
 """Dask scale-out: one task per input file gives the single-process samples."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -108,10 +110,12 @@ def test_every_infer_option_reaches_the_dask_tasks(tmp_path, monkeypatch):
 
     def fake_infer(run, inputs, out, **kw):
         got["single"] = kw
+        got["run"] = run
         return InferResult(out=out, summary=None)
 
     def fake_infer_dask(client, run, inputs, out, **kw):
         got["dask"] = kw
+        got["run"] = run
         return None, []
 
     @__import__("contextlib").contextmanager
@@ -134,7 +138,13 @@ def test_every_infer_option_reaches_the_dask_tasks(tmp_path, monkeypatch):
 
     base = call([], dask=False)
     assert call([], dask=True) == base
-    skip = {"run", "inputs", "out", "dask_spec"}
+    # --model picks the model dir (the positional ``run`` of infer), not a keyword option
+    from cvae_pms import models as shipped
+
+    for dask in (False, True):
+        call(["--model", str(shipped.SHIPPED_DIR / shipped.DEFAULT)], dask=dask)
+        assert Path(got["run"]).resolve() == (shipped.SHIPPED_DIR / shipped.DEFAULT).resolve()
+    skip = {"run", "inputs", "out", "dask_spec", "model", "args"}
     options = [p for p in infer_command.params
                if isinstance(p, click.Option) and p.name not in skip]
     assert len(options) >= 18
