@@ -14,6 +14,8 @@ Usage::
   ``--n 2000`` is one 2000-source file streamed 50 times (2000 distinct spectra, each read,
   featurised, sampled and written 50 times), not 100,000 different stars; run for each N in
   ``--rss`` to get the memory slope in N;
+- ``--profile``: the end-to-end pass once more under :mod:`cProfile`; the functions with the
+  largest own time (and the share of the wall time) go into the JSON as ``profile``;
 - ``--widths`` (needs a trained ``--run`` whose grid exists): median 68 % widths of T_eff and
   A0 for the same test-split stars at G = 12 and 17 (the fainter must be wider).
 
@@ -88,6 +90,29 @@ def rss_child(run: str, csv: str, repeats: int, out: str, samples: int) -> None:
                       "seconds": dt, "sources_per_s": res.n_sources / dt}))
 
 
+def profile_end_to_end(run, csv: Path, tmp: Path, samples: int, model, top: int = 15) -> dict:
+    """cProfile of one end-to-end ``infer``: wall seconds and the ``top`` functions by own
+    time (``file:line(name)``, own and cumulative seconds, own share of the wall time)."""
+    import cProfile
+    import pstats
+
+    from cvae_pms.infer import infer
+
+    prof = cProfile.Profile()
+    t0 = time.time()
+    prof.enable()
+    infer(run, [csv], tmp / "prof.h5", n_samples=samples, summary=tmp / "prof.ecsv",
+          model=model, progress=False)
+    prof.disable()
+    wall = time.time() - t0
+    stats = pstats.Stats(prof).stats            # {(file, line, name): (cc, nc, tt, ct, callers)}
+    rows = sorted(stats.items(), key=lambda kv: -kv[1][2])[:top]
+    return {"wall_s": wall, "top_own_time": [
+        {"function": f"{Path(f).name}:{line}({name})", "own_s": round(tt, 3),
+         "cum_s": round(ct, 3), "own_share": round(tt / wall, 3)}
+        for (f, line, name), (_, _, tt, ct, _) in rows]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--run", type=Path, default=None)
@@ -95,6 +120,7 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=1000)
     ap.add_argument("--rss", default="10000,30000", help="comma list of N ('' to skip)")
     ap.add_argument("--widths", action="store_true")
+    ap.add_argument("--profile", action="store_true")
     ap.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "out")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "bench_infer.json")
     ap.add_argument("--rss-child", nargs=4, metavar=("RUN", "CSV", "REPEATS", "OUT"))
@@ -133,6 +159,8 @@ def main() -> None:
                                 "sources_per_s": res.n_sources / dt,
                                 "file_mb": (tmp / "post.h5").stat().st_size / 1e6}
         print(json.dumps(result, indent=1), flush=True)
+        if a.profile:
+            result["profile"] = profile_end_to_end(run, csv, tmp, a.samples, model)
         rss = []
         for n in [int(v) for v in a.rss.split(",") if v.strip()]:
             repeats = max(1, n // a.n)

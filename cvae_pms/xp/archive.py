@@ -129,6 +129,7 @@ def xp_format(path: str | os.PathLike) -> str:
 
 # ----------------------------------------------------------------------------- value parsing
 _MISSING_STRINGS = {"", "--", "nan", "null", "none", "()", "[]"}
+_NULL = re.compile(r"\bnull\b", re.IGNORECASE)
 
 
 def _as_values(value: Any) -> np.ndarray | None:
@@ -140,7 +141,11 @@ def _as_values(value: Any) -> np.ndarray | None:
         text = text.strip().strip("()[]").strip()
         if text.lower() in _MISSING_STRINGS:
             return None
-        text = re.sub(r"\bnull\b", "nan", text, flags=re.IGNORECASE)
+        try:                                # the common case: plain numbers
+            return np.array(text.split(","), dtype=np.float64)
+        except ValueError:
+            pass
+        text = _NULL.sub("nan", text)       # archive nulls inside an array
         try:
             return np.array(text.split(","), dtype=np.float64)
         except ValueError as exc:
