@@ -79,9 +79,9 @@ def run_ok(args: list, env: dict) -> str:
 
 def rows_done(out: Path) -> int:
     """Completed rows of the newest resume candidate of ``out`` (0 when none is readable)."""
-    from cvae_pms.infer import _complete_rows, resume_candidates
+    from cvae_pms.resume import candidates, complete_rows
 
-    return max([_complete_rows(c) for c in resume_candidates(out)] + [0])
+    return max([complete_rows(c) for c in candidates(out)] + [0])
 
 
 def by_input_row(path: Path):
