@@ -47,3 +47,30 @@ def test_the_wheel_carries_recipes_priors_and_calibration_files(tmp_path):
     from cvae_pms import models
     for f in sorted(p.name for p in (models.SHIPPED_DIR / models.DEFAULT).iterdir()):
         assert f"cvae_pms/models/default/{f}" in names, f
+    # installed (not editable) into a folder of its own, it resolves everything by name
+    target = tmp_path / "site"
+    res = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q",
+                          "--target", str(target), str(wheel)],
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    probe = (
+        "import json, cvae_pms\n"
+        "from cvae_pms.training import load_config\n"
+        "from cvae_pms.priors import load_prior\n"
+        "from cvae_pms import models\n"
+        "from cvae_pms.cli import main\n"
+        "cfg, _ = load_config('cpu-quick')\n"
+        "print(json.dumps({'file': cvae_pms.__file__, 'epochs': cfg['training']['epochs'],\n"
+        "  'prior': load_prior('chabrier-imf').to_dict()['source'],\n"
+        "  'default': str(models.resolve('default'))}))\n"
+        "main(['train', '--help'], standalone_mode=False)\n")
+    env = {**__import__("os").environ, "PYTHONPATH": str(target), "PYTHONNOUSERSITE": "1"}
+    res = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         cwd=tmp_path, env=env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    import json
+    got = json.loads(res.stdout.splitlines()[0])
+    assert Path(got["file"]).resolve().is_relative_to(target.resolve()), got   # not the source tree
+    assert got["epochs"] == 30 and "chabrier" in got["prior"]
+    assert Path(got["default"]).resolve().is_relative_to(target.resolve())
+    assert "--config" in res.stdout
