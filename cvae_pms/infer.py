@@ -54,8 +54,8 @@ import numpy as np
 
 from cvae_pms import __version__, params
 from cvae_pms import posterior_file as pf
-from cvae_pms.ood import OODError, OODIndex, bound_flags, load_run_ood_index
 from cvae_pms import resume as resuming
+from cvae_pms.ood import OODError, OODIndex, bound_flags, load_run_ood_index
 from cvae_pms.errors import CvaePmsError
 
 #: Sources per compiled call of the keyed sampler.
@@ -547,8 +547,8 @@ def infer(run_dir: str | os.PathLike, inputs: Sequence[str | os.PathLike],
                  "gof_draws": int(check.n_draws) if check is not None else 0,
                  "gof_threshold": float(check.threshold) if check is not None else float("nan"),
                  "gof_note": gof_note}
-        tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
-        partial = out.with_name(out.name + ".partial")
+        tmp = resuming.tmp_path(out)
+        partial = resuming.partial_path(out)
         expect = {"model_hash": model.hash, "seed": int(seed)}
         try:
             source = (resuming.pick_source(candidates, n_samples, expect, attrs, keep_raw, log)

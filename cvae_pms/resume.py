@@ -22,6 +22,18 @@ class ResumeError(CvaePmsError):
     """Every readable resume candidate was made with other settings."""
 
 
+def partial_path(out: str | os.PathLike) -> Path:
+    """``OUT.partial``: the completed rows of an interrupted run of ``out``."""
+    out = Path(out)
+    return out.with_name(out.name + ".partial")
+
+
+def tmp_path(out: str | os.PathLike, pid: int | None = None) -> Path:
+    """``OUT.tmp-<pid>``: the file process ``pid`` (default: this one) writes ``out`` to."""
+    out = Path(out)
+    return out.with_name(f"{out.name}.tmp-{os.getpid() if pid is None else pid}")
+
+
 def candidates(out: str | os.PathLike) -> list[Path]:
     """Files an ``--resume`` of ``out`` may continue, newest first: ``OUT.partial``, the
     ``OUT.tmp-<pid>`` of killed processes, and ``OUT`` itself."""
@@ -29,7 +41,7 @@ def candidates(out: str | os.PathLike) -> list[Path]:
 
     out = Path(out)
     found = []
-    partial = out.with_name(out.name + ".partial")
+    partial = partial_path(out)
     if partial.is_file():
         found.append(partial)
     for tmp in out.parent.glob(out.name + ".tmp-*"):
@@ -62,7 +74,7 @@ def _check_resume_file(path: Path, n_samples: int, expect: dict, attrs: dict,
 
 
 def pick_source(candidates: list[Path], n_samples: int, expect: dict, attrs: dict,
-                        keep_raw: bool, log: Callable[[str], None] | None) -> Path | None:
+                keep_raw: bool, log: Callable[[str], None] | None) -> Path | None:
     """The newest candidate made with the same model and settings; damaged ones are skipped
     (said in the log). Raises :class:`ResumeError` when every readable one has other settings."""
     mismatch = None

@@ -2,6 +2,8 @@
 installed (non-editable) wheel, not from the source tree."""
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 import zipfile
@@ -64,11 +66,10 @@ def test_the_wheel_carries_recipes_priors_and_calibration_files(tmp_path):
         "  'prior': load_prior('chabrier-imf').to_dict()['source'],\n"
         "  'default': str(models.resolve('default'))}))\n"
         "main(['train', '--help'], standalone_mode=False)\n")
-    env = {**__import__("os").environ, "PYTHONPATH": str(target), "PYTHONNOUSERSITE": "1"}
+    env = {**os.environ, "PYTHONPATH": str(target), "PYTHONNOUSERSITE": "1"}
     res = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                          cwd=tmp_path, env=env)
     assert res.returncode == 0, res.stderr[-2000:]
-    import json
     got = json.loads(res.stdout.splitlines()[0])
     assert Path(got["file"]).resolve().is_relative_to(target.resolve()), got   # not the source tree
     assert got["epochs"] == 30 and "chabrier" in got["prior"]
