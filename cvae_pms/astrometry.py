@@ -83,6 +83,21 @@ def tf_luminosity_channel(log10_norm, parallax_mas, parallax_error_mas, min_over
     return value, error, present
 
 
+def draw_parallax(flux_factor: np.ndarray, reference_distance_pc: float, error_frac: float,
+                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Parallaxes [mas] of grid spectra scaled by ``flux_factor`` (n,) (numpy; ``simulate``
+    and ``evaluate``).
+
+    The grid's fluxes are at ``reference_distance_pc``, so a spectrum scaled by ``k`` lies at
+    ``d = d_ref / sqrt(k)``. Returns ``(true, observed, error)`` (n,): ``1000 / d``, plus one
+    Gaussian draw of ``rng`` with sigma ``error_frac x true``, and that sigma.
+    """
+    true = 1000.0 * np.sqrt(np.asarray(flux_factor, dtype=np.float64)) / float(
+        reference_distance_pc)
+    err = float(error_frac) * true
+    return true, true + err * rng.standard_normal(true.shape), err
+
+
 def tf_draw_parallax(g0, g, reference_distance_pc: float, frac_error_range: tuple[float, float],
                      drop_fraction: float, seed):
     """Observed parallaxes [mas] of training spectra scaled from G0 to G (TensorFlow).

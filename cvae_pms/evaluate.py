@@ -97,6 +97,7 @@ class EvaluateConfig:
     samples: int = 1000
     seed: int = 0
     batch: int = 64
+    parallax_error_frac: float = 0.05  # luminosity models: fractional error of the parallaxes
     reference: int = 0                 # sources with exact-likelihood reference posteriors
     reference_sampler: str = "dynesty"  # "dynesty" (nested sampling, calibrated) or "emcee"
     emcee_max_steps: int = 30000
@@ -113,22 +114,42 @@ class EvaluateConfig:
 # ------------------------------------------------------------------------------ helpers
 def _simulate(bp0: np.ndarray, rp0: np.ndarray, g: np.ndarray, n_transits: np.ndarray,
               rng: np.random.Generator, errors_from: str = "observed", teff=None,
-              model_error=None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Noisy coefficients and covariances ``(bp, rp, bp_cov, rp_cov)`` at G ``g`` (n,); the
-    model error drawn at ``teff`` (n,) [K] from ``model_error`` (default: the shipped term)."""
+              model_error=None):
+    """:class:`cvae_pms.simulator.Observations` at G ``g`` (n,); the model error drawn at
+    ``teff`` (n,) [K] from ``model_error`` (default: the shipped term)."""
     from cvae_pms.simulator import SimulateError, simulate_observations
     try:
-        obs = simulate_observations(bp0, rp0, g, n_transits, rng, errors_from=errors_from,
-                                    teff=teff, model_error_term=model_error)
+        return simulate_observations(bp0, rp0, g, n_transits, rng, errors_from=errors_from,
+                                     teff=teff, model_error_term=model_error)
     except SimulateError as exc:
         raise EvaluationError(f"simulating observations: {exc}") from exc
-    return obs.bp, obs.rp, obs.bp_cov, obs.rp_cov
+
+
+def network_input(run, bp: np.ndarray, rp: np.ndarray, bp_cov: np.ndarray, rp_cov: np.ndarray,
+                  flux_factor: np.ndarray, reference_distance_pc: float | None,
+                  parallax_error_frac: float, rng: np.random.Generator) -> np.ndarray:
+    """The run's network input (n, y_dim) for simulated observations.
+
+    A luminosity model also gets parallaxes, drawn as ``simulate`` draws them
+    (:func:`cvae_pms.astrometry.draw_parallax`: the grid's ``reference_distance_pc`` and the
+    observations' ``flux_factor`` (n,), Gaussian error ``parallax_error_frac`` x parallax from
+    ``rng``), so it is scored on what it was trained for, not its spectrum-only fallback.
+    """
+    if not run.spec.luminosity:
+        return run.features(bp, rp, bp_cov, rp_cov)[0]
+    from cvae_pms.astrometry import draw_parallax
+    if reference_distance_pc is None:
+        raise EvaluationError("the run has a luminosity channel but the grid has no reference "
+                              "distance (normalised fluxes): no parallaxes can be simulated")
+    _, plx, err = draw_parallax(flux_factor, reference_distance_pc, parallax_error_frac, rng)
+    return run.featuriser.numpy_with_luminosity(bp, rp, bp_cov, rp_cov, plx, err)[0]
 
 
 @dataclass(frozen=True)
 class HeldOutObservations:
     """Simulated observations of n held-out sources: G [mag] (n,), integer transits (n,),
-    noisy coefficients ``bp``/``rp`` (n, 55) and their covariances (n, 55, 55), archive units."""
+    noisy coefficients ``bp``/``rp`` (n, 55) and their covariances (n, 55, 55), archive units,
+    and the factor (n,) each grid flux was scaled by to reach its G."""
 
     g: np.ndarray
     n_transits: np.ndarray
@@ -136,6 +157,7 @@ class HeldOutObservations:
     rp: np.ndarray
     bp_cov: np.ndarray
     rp_cov: np.ndarray
+    flux_factor: np.ndarray
 
 
 def select_rows(rows: np.ndarray, n: int, seed: int) -> np.ndarray:
@@ -159,8 +181,8 @@ def draw_observations(bp0: np.ndarray, rp0: np.ndarray, setting: GSetting,
     rng = np.random.default_rng([seed, 100 + index])
     g = rng.uniform(setting.low, setting.high, n) if setting.is_range else np.full(n, setting.low)
     nt = rng.integers(int(transits[0]), int(transits[1]) + 1, n)
-    return HeldOutObservations(g, nt, *_simulate(bp0, rp0, g, nt, rng, errors_from, teff,
-                                                 model_error))
+    o = _simulate(bp0, rp0, g, nt, rng, errors_from, teff, model_error)
+    return HeldOutObservations(g, nt, o.bp, o.rp, o.bp_cov, o.rp_cov, o.flux_factor)
 
 
 def evaluated_observations(bp0: np.ndarray, rp0: np.ndarray, theta: np.ndarray,
@@ -226,6 +248,8 @@ def evaluate(cfg: EvaluateConfig, log: Callable[[str], None] = print) -> dict:
         raise EvaluationError(f"--n ({cfg.n}) must be >= 1 and --samples ({cfg.samples}) >= 2")
     if cfg.rows not in ("test", "all"):
         raise EvaluationError(f"rows must be 'test' or 'all', got {cfg.rows!r}")
+    if not (np.isfinite(cfg.parallax_error_frac) and cfg.parallax_error_frac > 0):
+        raise EvaluationError(f"--parallax-error-frac must be > 0, got {cfg.parallax_error_frac}")
     try:
         run = load_run(cfg.run_dir)
     except RunDirError as exc:
@@ -256,12 +280,14 @@ def evaluate(cfg: EvaluateConfig, log: Callable[[str], None] = print) -> dict:
             "n_sources": int(idx.size), "n_samples": cfg.samples,
             "transits": list(cfg.transits), "g_settings": [s.label for s in cfg.g_settings],
             "primary_g": cfg.g_settings[0].label, "by_g_mag": {},
+            "luminosity": _luminosity_record(run, grid, cfg),
         }
         table_rows: list[dict] = []
         observations: dict[str, tuple] = {}
         limit_model = _limit_model(grid, theta, idx, cfg, log) if cfg.fisher else None
         for i, setting in enumerate(cfg.g_settings):
-            res, obs = _evaluate_setting(run, idx, theta, bp0, rp0, setting, cfg, i, log)
+            res, obs = _evaluate_setting(run, idx, theta, bp0, rp0, setting, cfg, i, log,
+                                         grid.reference_distance_pc)
             if cfg.fisher:
                 res["information_limit"] = _information_limit(limit_model, theta, obs, res,
                                                               setting, cfg, log,
@@ -294,7 +320,8 @@ def evaluate(cfg: EvaluateConfig, log: Callable[[str], None] = print) -> dict:
 
 def _evaluate_setting(run, idx: np.ndarray, theta: np.ndarray, bp0: np.ndarray,
                       rp0: np.ndarray, setting: GSetting, cfg: EvaluateConfig, i: int,
-                      log: Callable[[str], None]) -> tuple[dict, tuple]:
+                      log: Callable[[str], None], reference_distance_pc: float | None = None
+                      ) -> tuple[dict, tuple]:
     """Simulate, sample and score one G setting; draws its figures."""
     t0 = time.perf_counter()
     ob = evaluated_observations(bp0, rp0, theta, cfg.g_settings, setting, cfg.transits,
@@ -304,10 +331,14 @@ def _evaluate_setting(run, idx: np.ndarray, theta: np.ndarray, bp0: np.ndarray,
     # --seed + the G's position, so `infer` on the same observation with that source_id and
     # seed gives the same samples. Warm-up: trace the compiled functions outside the timing.
     from cvae_pms.infer import keyed_samples
-    y, _ = run.features(bp[:1], rp[:1], bp_cov[:1], rp_cov[:1])
-    keyed_samples(run, y, idx[:1], cfg.samples, cfg.seed + i)
+
+    def inputs(sl):
+        return network_input(run, bp[sl], rp[sl], bp_cov[sl], rp_cov[sl], ob.flux_factor[sl],
+                             reference_distance_pc, cfg.parallax_error_frac,
+                             np.random.default_rng([cfg.seed, 200 + i]))
+    keyed_samples(run, inputs(slice(0, 1)), idx[:1], cfg.samples, cfg.seed + i)
     t1 = time.perf_counter()
-    y, _ = run.features(bp, rp, bp_cov, rp_cov)
+    y = inputs(slice(None))
     samples = keyed_samples(run, y, idx, cfg.samples, cfg.seed + i).astype(np.float64)
     t2 = time.perf_counter()
     good = np.isfinite(samples).all(axis=(1, 2))
@@ -355,6 +386,19 @@ def _evaluate_setting(run, idx: np.ndarray, theta: np.ndarray, bp0: np.ndarray,
     return res, (bp, rp, bp_cov, rp_cov, y, samples, g, nt)
 
 
+def _luminosity_record(run, grid, cfg: EvaluateConfig) -> dict:
+    """What ``metrics.json`` says about the luminosity channel of the scored model."""
+    if not run.spec.luminosity:
+        return {"channel": False}
+    if grid.reference_distance_pc is None:
+        raise EvaluationError(f"{cfg.run_dir} has a luminosity channel but {cfg.grid} has no "
+                              "reference distance (normalised fluxes): no parallaxes to simulate")
+    return {"channel": True, "parallax_error_frac": float(cfg.parallax_error_frac),
+            "reference_distance_pc": grid.reference_distance_pc,
+            "note": "CVAE and baseline get simulated parallaxes (every source); the Fisher "
+                    "limit and the reference posteriors use the spectrum only"}
+
+
 def _write_predictions(path: Path, grid_row: np.ndarray, truth: np.ndarray, samples: np.ndarray,
                        g: np.ndarray, nt: np.ndarray, quantile_of_truth: np.ndarray) -> None:
     """Per-source numbers behind the accuracy/residual figures: truth, posterior median and
@@ -390,9 +434,10 @@ def _baseline(run, grid, split: dict, theta: np.ndarray, observations: dict, res
     g = rng.uniform(g_lo, g_hi, pick.size)
     nt = rng.integers(t_lo, t_hi + 1, pick.size)
     t0 = time.perf_counter()
-    obs = _simulate(bp_t, rp_t, g, nt, rng, teff=th_train[:, params.INDEX["teff"]],
-                    model_error=run_model_error(run))
-    y_train, _ = run.features(*obs)
+    o = _simulate(bp_t, rp_t, g, nt, rng, teff=th_train[:, params.INDEX["teff"]],
+                  model_error=run_model_error(run))
+    y_train = network_input(run, o.bp, o.rp, o.bp_cov, o.rp_cov, o.flux_factor,
+                            grid.reference_distance_pc, cfg.parallax_error_frac, rng)
     ok = np.isfinite(y_train).all(axis=1)
     log(f"baseline: fitting 3 x 7 HistGradientBoosting models on {int(ok.sum())} noisy "
         f"training spectra (G {g_lo:g}-{g_hi:g}, transits {t_lo}-{t_hi})")

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from cvae_pms import params as P
+from cvae_pms.astrometry import draw_parallax
 from cvae_pms.atomic import atomic_path, write_text_atomic
 from cvae_pms.simulator import (MODEL_ERROR_RIDGE_ALPHA, SimulateError, draw_g_transits,
                                 simulate_observations)
@@ -270,12 +271,9 @@ def simulate(out: str | os.PathLike, g_range: tuple[float, float], transit_range
     truth["n_transits"] = obs.n_transits.astype(np.int64)
     with_parallax = d_ref is not None
     if with_parallax:
-        distance = d_ref / np.sqrt(obs.flux_factor)
-        plx = 1000.0 / distance
-        plx_err = parallax_error_frac * plx
-        extra["parallax"] = plx + plx_err * rng.standard_normal(m)
-        extra["parallax_error"] = plx_err
-        truth["distance_pc"] = distance
+        plx, extra["parallax"], extra["parallax_error"] = draw_parallax(
+            obs.flux_factor, d_ref, parallax_error_frac, rng)
+        truth["distance_pc"] = 1000.0 / plx
         truth["parallax_true_mas"] = plx
     else:
         truth["distance_pc"] = np.full(m, np.nan)

@@ -341,3 +341,55 @@ def test_lum_recipe_is_cpu_quick_with_the_channel_on():
     assert quick["luminosity"]["enabled"] is False and lum["luminosity"]["enabled"] is True
     lum["luminosity"]["enabled"] = False
     assert lum == quick
+
+
+# ------------------------------------------------------------------------------ evaluate
+def test_evaluate_gives_a_luminosity_model_its_parallaxes(tmp_path, lum_run):
+    """evaluate scores a luminosity model with simulated parallaxes that put each source back
+    at the grid's distance: its luminosity value equals the noise-free grid row's flux level
+    at 10 pc, the flag is set for every source, and metrics.json says so."""
+    from cvae_pms.evaluate import (EvaluateConfig, GSetting, draw_observations, evaluate,
+                                   network_input)
+    from cvae_pms.grid.gridfile import open_grid
+    from cvae_pms.model.rundir import load_run
+    run = load_run(lum_run)
+    with open_grid(lum_run / ".." / "grid.h5") as grid:
+        theta, bp0, rp0 = grid.read(np.arange(40))
+    ob = draw_observations(bp0, rp0, GSetting(14.0, 14.0), (40, 40), seed=3,
+                           teff=theta[:, params.INDEX["teff"]])
+    assert not np.allclose(ob.flux_factor, 1.0)          # really moved away from 10 pc
+    from cvae_pms.astrometry import draw_parallax
+    true, plx, err = draw_parallax(ob.flux_factor, D_REF_PC, 1e-6, np.random.default_rng(0))
+    np.testing.assert_allclose(err / true, 1e-6)
+    _, lg_obs = run.featuriser.numpy(ob.bp, ob.rp, ob.bp_cov, ob.rp_cov)
+    _, lg_grid = run.featuriser.numpy(bp0, rp0, ob.bp_cov * 0, ob.rp_cov * 0)
+    value, _, present = luminosity_channel(lg_obs, plx, err)
+    assert present.all()
+    np.testing.assert_allclose(value, lg_grid, atol=0.02)     # the grid row's level at 10 pc
+    y = network_input(run, ob.bp, ob.rp, ob.bp_cov, ob.rp_cov, ob.flux_factor, D_REF_PC, 0.05,
+                      np.random.default_rng(1))
+    y_fallback, _ = run.features(ob.bp, ob.rp, ob.bp_cov, ob.rp_cov)
+    assert y.shape == y_fallback.shape == (40, N_FEATURES + 3)
+    assert (y[:, -1] == 1).all() and (y_fallback[:, -1] == 0).all()
+    np.testing.assert_array_equal(y[:, :N_FEATURES], y_fallback[:, :N_FEATURES])
+
+    cfg = EvaluateConfig(run_dir=lum_run, grid=lum_run / ".." / "grid.h5", out=tmp_path / "ev",
+                         g_settings=[GSetting(13.0, 13.0)], rows="all", n=30, samples=50,
+                         fisher=False, baseline=True, baseline_rows=200, baseline_max_iter=10,
+                         parallax_error_frac=0.1)
+    res = evaluate(cfg, log=lambda s: None)
+    assert res["luminosity"]["channel"] is True
+    assert res["luminosity"]["parallax_error_frac"] == 0.1
+    assert res["luminosity"]["reference_distance_pc"] == D_REF_PC
+    on_disk = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert on_disk["luminosity"] == res["luminosity"]
+    assert np.isfinite(res["per_parameter"]["teff"]["scatter"])
+    assert "teff" in res["baseline"]["per_parameter"]
+
+
+def test_evaluate_cli_rejects_a_non_positive_parallax_error(tmp_path, lum_run):
+    r = CliRunner().invoke(main, ["evaluate", str(lum_run), "--grid",
+                                  str(lum_run / ".." / "grid.h5"), "--g-mag", "13",
+                                  "--parallax-error-frac", "0", "--out", str(tmp_path / "ev")])
+    assert r.exit_code != 0
+    assert "--parallax-error-frac" in r.output

@@ -46,12 +46,17 @@ from cvae_pms.evaluate import evaluate as run_evaluation
               help="Train and score the HistGradientBoosting baseline on the same features.")
 @click.option("--baseline-rows", type=click.IntRange(min=50), default=20000, show_default=True,
               help="Noisy training spectra for the baseline.")
+@click.option("--parallax-error-frac", type=click.FloatRange(min=0, min_open=True), default=0.05,
+              show_default=True,
+              help="Luminosity models: fractional error of the simulated parallaxes (as "
+                   "`simulate`); spectrum-only models ignore it.")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Output directory (metrics.json/.csv/.ecsv, figures).")
 def evaluate(run_dir: Path, grid: Path, test_split: bool, n: int, g_mags: tuple[str, ...],
                  transits: str, samples: int, seed: int, reference: int,
                  reference_sampler: str, nlive: int, emcee: int | None, emcee_max_steps: int,
-                 fisher: bool, baseline: bool, baseline_rows: int, out: Path) -> None:
+                 fisher: bool, baseline: bool, baseline_rows: int, parallax_error_frac: float,
+                 out: Path) -> None:
     """Evaluate the trained RUN_DIR on held-out rows of its grid with simulated XP noise."""
     try:
         lo, hi = parse_range(transits, "--transits", integer=True)
@@ -63,7 +68,8 @@ def evaluate(run_dir: Path, grid: Path, test_split: bool, n: int, g_mags: tuple[
                              reference_sampler=reference_sampler if emcee is None else "emcee",
                              nlive=nlive, emcee_max_steps=emcee_max_steps, fisher=fisher,
                              baseline=baseline,
-                             baseline_rows=baseline_rows)
+                             baseline_rows=baseline_rows,
+                             parallax_error_frac=parallax_error_frac)
         result = run_evaluation(cfg, log=click.echo)
     except EvaluationError as exc:
         raise click.ClickException(str(exc)) from exc
