@@ -199,8 +199,8 @@ def test_writer_mapping_with_missing_band_and_extra(tmp_path, raw_csv):
 def test_writer_streams_in_chunks_with_one_header(tmp_path, raw_csv, monkeypatch, ext):
     """Several chunks (one source each here): one header, every row once, in order, and a
     missing band or an extra column in a later chunk survives."""
-    from cvae_pms.xp import archive
-    monkeypatch.setattr(archive, "WRITE_CHUNK", 1)
+    from cvae_pms.xp import archive_write
+    monkeypatch.setattr(archive_write, "WRITE_CHUNK", 1)
     n = 5
     idx = np.arange(n) % len(raw_csv.source_id)
     bp = raw_csv.bp_coefficients[idx].copy()

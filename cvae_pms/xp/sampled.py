@@ -38,8 +38,8 @@ from typing import Any, ClassVar, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from .archive import (EXTRA_COLUMNS, BatchRows, XPReadError, _fill, extra_columns,
-                      parse_source_ids)
+from .batch import (EXTRA_COLUMNS, BatchRows, XPReadError, extra_columns, fill_cells,
+                    parse_source_ids)
 from .sampling import SAMPLING_NM
 
 N_PIXELS = len(SAMPLING_NM)
@@ -237,7 +237,7 @@ def _fill_pixels(cells: Any, what: str, errors: list[list[str]]) -> np.ndarray:
         for i in np.flatnonzero(np.isnan(out).all(axis=1)):
             errors[i].append(f"{what} missing")
         return out
-    out, _ = _fill(cells, N_PIXELS, what, errors, required=True)
+    out, _ = fill_cells(cells, N_PIXELS, what, errors, required=True)
     return out
 
 
