@@ -17,9 +17,6 @@ INFERENCE_ENTRY = ("cvae_pms.api", "cvae_pms.infer")
 TRAINING_SIDE = ("cvae_pms.training", "cvae_pms.simulator",
                  "cvae_pms.simulate", "cvae_pms.evaluate", "cvae_pms.grid.gridfile",
                  "cvae_pms.grid.ingest")
-#: Cycles still to be taken apart (xp/archive <-> xp/sampled <-> xp/sampling: task of the
-#: archive split); any other cycle fails.
-KNOWN_CYCLES = ({"cvae_pms.xp.archive", "cvae_pms.xp.sampled", "cvae_pms.xp.sampling"},)
 
 
 def _modules() -> dict[str, tuple[Path, bool]]:
@@ -118,7 +115,7 @@ def reachable(edges: dict[str, set[str]], starts) -> dict[str, str | None]:
 
 
 def test_no_import_cycles():
-    found = [c for c in cycles(import_graph()) if set(c) not in KNOWN_CYCLES]
+    found = cycles(import_graph())
     assert not found, "import cycles: " + "; ".join(" <-> ".join(c) for c in found)
 
 

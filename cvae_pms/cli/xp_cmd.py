@@ -105,7 +105,7 @@ def sample(file: Path, out: Path, chunk_size: int) -> None:
     passed through unchanged (converted to W m^-2 nm^-1), and the command says so.
     """
     from cvae_pms.xp.archive import XPReadError
-    from cvae_pms.xp.sampling import write_sampled_flux
+    from cvae_pms.xp.sampled_write import write_sampled_flux
 
     if not out.parent.is_dir():
         raise click.ClickException(f"{out}: output directory {out.parent} does not exist")
