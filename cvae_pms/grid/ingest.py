@@ -7,44 +7,30 @@ columns) or one column each ``bp_coeff_0..54``/``rp_coeff_0..54`` -- or sampled 
 [W m^-2 nm^-1] on 336..1020 nm step 2 nm (``flux_0..flux_342`` or an array column ``flux``),
 which is converted with :func:`cvae_pms.xp.flux_fit.flux_to_coefficients`.
 
-Tables are streamed in chunks (CSV via pandas, Parquet via pyarrow batches, FITS via memmap
-slices, HDF5 via dataset slices); ECSV and VOTable are read whole by astropy (fine below
-~1e6 rows). Rows are numbered from 0, the first data row (header excluded).
+Tables are streamed in chunks by the readers of :mod:`cvae_pms.grid.ingest_sources` (ECSV
+and VOTable are read whole by astropy: fine below ~1e6 rows). Rows are numbered from 0, the
+first data row (header excluded).
 Bad rows (NaN/inf, outside the parameter bounds, non-positive Mdot with ``mdot_linear``,
 duplicate parameter vectors) fail the ingest with counts and row numbers, or are dropped and
 counted with ``drop_invalid``. Nothing is left at ``out_path`` on failure.
 """
 from __future__ import annotations
 
-import abc
-import json
 import os
 import re
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from cvae_pms import params as P
-from cvae_pms.grid.gridfile import (FORMAT_VERSION, N_COEFF, N_FLUX, GridError, GridWriter,
-                                    _version_string)
+from cvae_pms.grid.gridfile import FORMAT_VERSION, N_COEFF, N_FLUX, GridWriter, _version_string
+from cvae_pms.grid.ingest_sources import Hdf5Source, IngestError, TableSource, open_source
 
-SPECTRAL_ARRAYS = ("bp_coefficients", "rp_coefficients", "flux")
+__all__ = ["IngestError", "IngestReport", "MAP_TARGETS", "check_map_targets", "ingest_table"]
+
 _COL_RE = re.compile(r"^(bp_coeff|rp_coeff|flux)_(\d+)$")
 _SHOWN = 5
-_SUFFIXES = {
-    ".csv": "csv", ".txt": "csv", ".tsv": "csv", ".gz": "csv",
-    ".ecsv": "ecsv", ".fits": "fits", ".fit": "fits", ".fts": "fits",
-    ".parquet": "parquet", ".pq": "parquet",
-    ".vot": "votable", ".xml": "votable", ".votable": "votable",
-    ".h5": "hdf5", ".hdf5": "hdf5", ".he5": "hdf5",
-}
-
-
-class IngestError(GridError):
-    """The input table cannot become a grid (message names the file, column and rows)."""
 
 
 @dataclass
@@ -97,249 +83,6 @@ def _column_list(cols: list[str], limit: int = 30) -> str:
                                         else f"{r[0]}{r[1]}..{r[0]}{r[2]}") for r in runs]
     more = f", ... ({len(cols)} columns)" if len(names) > limit else ""
     return ", ".join(names[:limit]) + more
-
-
-# ---------------------------------------------------------------------------------- readers
-class _Source(abc.ABC):
-    """A table on disk: its column names and an iterator over row chunks of chosen columns."""
-
-    fmt = ""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.columns: list[str] = []
-
-    @abc.abstractmethod
-    def chunks(self, names: list[str], size: int) -> Iterator[tuple[int, dict[str, Any]]]:
-        """Yield (first row number, {column: values}) for ``size``-row blocks of ``names``."""
-
-    def close(self) -> None:
-        """Release file handles."""
-
-
-class _CsvSource(_Source):
-    fmt = "csv"
-
-    def __init__(self, path: Path) -> None:
-        import pandas as pd
-        super().__init__(path)
-        self.sep = "\t" if path.suffix.lower() == ".tsv" else ","
-        try:
-            self.columns = [str(c) for c in pd.read_csv(path, nrows=0, sep=self.sep).columns]
-        except pd.errors.EmptyDataError as exc:
-            raise IngestError(f"{path}: the file is empty (no header, no rows)") from exc
-        except (UnicodeDecodeError, pd.errors.ParserError, ValueError) as exc:
-            raise IngestError(f"{path}: not a readable CSV table: {exc}") from exc
-
-    def chunks(self, names, size):
-        import pandas as pd
-        arrays = [n for n in names if n in SPECTRAL_ARRAYS]
-        start = 0
-        try:
-            reader = pd.read_csv(self.path, sep=self.sep, usecols=names, chunksize=size,
-                                 dtype={n: str for n in arrays}, keep_default_na=True)
-            for df in reader:
-                yield start, {n: df[n].to_numpy() for n in names}
-                start += len(df)
-        except (UnicodeDecodeError, pd.errors.ParserError, ValueError) as exc:
-            raise IngestError(f"{self.path}: cannot parse the CSV near data row {start}+: "
-                              f"{exc}") from exc
-
-
-class _ParquetSource(_Source):
-    fmt = "parquet"
-
-    def __init__(self, path: Path) -> None:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-        super().__init__(path)
-        try:
-            self.file = pq.ParquetFile(path)
-        except (pa.ArrowInvalid, OSError) as exc:
-            raise IngestError(f"{path}: not a readable Parquet file: {exc}") from exc
-        self.columns = list(self.file.schema_arrow.names)
-
-    def chunks(self, names, size):
-        import pyarrow as pa
-        start = 0
-        for batch in self.file.iter_batches(batch_size=size, columns=names):
-            out = {}
-            for n in names:
-                col = batch.column(n)
-                if pa.types.is_list(col.type) or pa.types.is_large_list(col.type) \
-                        or pa.types.is_fixed_size_list(col.type):
-                    out[n] = np.array(col.to_pylist(), dtype=object)
-                else:
-                    out[n] = col.to_numpy(zero_copy_only=False)
-            yield start, out
-            start += batch.num_rows
-
-    def close(self) -> None:
-        self.file.close()
-
-
-class _FitsSource(_Source):
-    fmt = "fits"
-
-    def __init__(self, path: Path) -> None:
-        from astropy.io import fits
-        super().__init__(path)
-        try:
-            self.hdul = fits.open(path, memmap=True)
-            hdus = [h for h in self.hdul if isinstance(h, (fits.BinTableHDU, fits.TableHDU))]
-        except (OSError, ValueError, TypeError) as exc:
-            raise IngestError(f"{path}: not a readable FITS file: {exc}") from exc
-        if not hdus:
-            self.hdul.close()
-            raise IngestError(f"{path}: FITS file has no table extension")
-        self.hdu = hdus[0]
-        self.columns = list(self.hdu.columns.names)
-
-    def chunks(self, names, size):
-        n = self.hdu.data.shape[0] if self.hdu.data is not None else 0
-        for start in range(0, n, size):
-            block = self.hdu.data[start:start + size]
-            yield start, {c: np.asarray(block[c]) for c in names}
-
-    def close(self) -> None:
-        self.hdul.close()
-
-
-class _AstropySource(_Source):
-    """ECSV / VOTable, read whole by astropy."""
-
-    def __init__(self, path: Path, fmt: str) -> None:
-        from astropy.table import Table
-        super().__init__(path)
-        self.fmt = fmt
-        try:
-            self.table = Table.read(path, format="ascii.ecsv" if fmt == "ecsv" else "votable")
-        except Exception as exc:  # astropy raises many types for malformed files
-            raise IngestError(f"{path}: not a readable {fmt.upper()} table: {exc}") from exc
-        self.columns = list(self.table.colnames)
-
-    def chunks(self, names, size):
-        for start in range(0, len(self.table), size):
-            block = self.table[start:start + size]
-            out = {}
-            for c in names:
-                col = block[c]
-                if hasattr(col, "mask") and col.dtype.kind == "f":
-                    col = col.filled(np.nan)
-                out[c] = np.asarray(col)
-            yield start, out
-
-
-class _Hdf5Source(_Source):
-    """An HDF5 file of another layout: datasets for params (N,k), bp/rp (N,55) or flux (N,343)."""
-
-    fmt = "hdf5"
-
-    def __init__(self, path: Path, datasets: dict, column_map: dict) -> None:
-        import h5py
-        super().__init__(path)
-        try:
-            self.h5 = h5py.File(path, "r")
-        except OSError as exc:
-            raise IngestError(f"{path} is not a readable HDF5 file (truncated or corrupt?): "
-                              f"{exc}") from exc
-        names: list[str] = []
-        self.h5.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
-        self.ds = {}
-        for key in ("params", "bp", "rp", "flux"):
-            name = datasets.get(key)
-            if not name:
-                continue
-            if name not in self.h5 or not isinstance(self.h5[name], h5py.Dataset):
-                self.h5.close()
-                raise IngestError(f"{path}: no dataset {name!r} (--hdf5-{key}); datasets: "
-                                  f"{', '.join(names) or 'none'}")
-            self.ds[key] = self.h5[name]
-        if "params" not in self.ds:
-            self.h5.close()
-            raise IngestError(f"{path}: give the parameter dataset (--hdf5-params); "
-                              f"datasets: {', '.join(names) or 'none'}")
-        cols = datasets.get("param_columns") or list(P.NAMES)
-        cols = [column_map.get(c, c) for c in cols]
-        shape = self.ds["params"].shape
-        if len(shape) != 2 or shape[1] != len(cols):
-            self.h5.close()
-            raise IngestError(f"{path}: dataset {datasets['params']!r} has shape {shape}, "
-                              f"expected (N, {len(cols)}) for columns {', '.join(cols)}")
-        self.param_cols = cols
-        self.n = shape[0]
-        self.columns = list(cols)
-        widths = {"bp": N_COEFF, "rp": N_COEFF, "flux": N_FLUX}
-        target = {"bp": "bp_coefficients", "rp": "rp_coefficients", "flux": "flux"}
-        for key in ("bp", "rp", "flux"):
-            if key in self.ds:
-                s = self.ds[key].shape
-                if len(s) != 2 or s[0] != self.n or s[1] != widths[key]:
-                    self.h5.close()
-                    what = "wrong number of coefficients: " if key != "flux" else ""
-                    raise IngestError(f"{path}: {what}dataset {datasets[key]!r} has shape {s}, "
-                                      f"expected ({self.n}, {widths[key]})")
-                self.columns.append(target[key])
-
-    def chunks(self, names, size):
-        target = {"bp_coefficients": "bp", "rp_coefficients": "rp", "flux": "flux"}
-        try:
-            for start in range(0, self.n, size):
-                p = np.asarray(self.ds["params"][start:start + size], dtype=np.float64)
-                out = {c: p[:, j] for j, c in enumerate(self.param_cols) if c in names}
-                for c in names:
-                    if c in target:
-                        out[c] = np.asarray(self.ds[target[c]][start:start + size])
-                yield start, out
-        except OSError as exc:
-            raise IngestError(f"{self.path}: cannot read rows {start}+ (truncated or corrupt?): "
-                              f"{exc}") from exc
-
-    def close(self) -> None:
-        self.h5.close()
-
-
-def _sniff(path: Path) -> str:
-    with open(path, "rb") as fh:
-        head = fh.read(512)
-    if head.startswith(b"\x89HDF\r\n\x1a\n"):
-        return "hdf5"
-    if head.startswith(b"SIMPLE  ="):
-        return "fits"
-    if head.startswith(b"PAR1"):
-        return "parquet"
-    if head.lstrip().startswith(b"# %ECSV"):
-        return "ecsv"
-    if b"<VOTABLE" in head:
-        return "votable"
-    return ""
-
-
-def open_source(path: Path, hdf5_datasets: dict | None, column_map: dict) -> _Source:
-    """Open ``path`` with the reader its content (or suffix) calls for."""
-    if not path.is_file():
-        raise IngestError(f"{path}: input file not found")
-    if path.stat().st_size == 0:
-        raise IngestError(f"{path}: the file is empty")
-    fmt = _sniff(path) or _SUFFIXES.get(path.suffix.lower(), "")
-    if hdf5_datasets and any(hdf5_datasets.get(k) for k in ("params", "bp", "rp", "flux")):
-        return _Hdf5Source(path, hdf5_datasets, column_map)
-    if fmt == "hdf5" or path.suffix.lower() in (".h5", ".hdf5", ".he5"):
-        raise IngestError(f"{path}: an HDF5 input needs --hdf5-params and --hdf5-bp/--hdf5-rp "
-                          f"or --hdf5-flux (dataset names); a cvae-pms grid needs no ingest")
-    if fmt in ("csv", ""):
-        try:
-            with open(path, encoding="utf-8") as fh:
-                fh.read(4096)
-        except UnicodeDecodeError as exc:
-            raise IngestError(f"{path}: not a table (binary content of unknown format; "
-                              f"expected CSV, ECSV, FITS, Parquet, VOTable or HDF5)") from exc
-        return _CsvSource(path)
-    if fmt == "parquet":
-        return _ParquetSource(path)
-    if fmt == "fits":
-        return _FitsSource(path)
-    return _AstropySource(path, fmt)
 
 
 # ------------------------------------------------------------------------------- conversion
@@ -430,10 +173,10 @@ def check_map_targets(column_map: dict) -> None:
                               f"({', '.join(MAP_TARGETS)}, bp_coeff_N, rp_coeff_N, flux_N)")
 
 
-def _resolve_layout(src: _Source, column_map: dict) -> _Layout:
+def _resolve_layout(src: TableSource, column_map: dict) -> _Layout:
     cols = src.columns
     unknown = [k for k in column_map if k not in cols]
-    if unknown and not isinstance(src, _Hdf5Source):
+    if unknown and not isinstance(src, Hdf5Source):
         raise IngestError(f"{src.path}: --map names column(s) {', '.join(unknown)} that the file "
                           f"does not have; columns: {_column_list(cols)}")
     renamed = {column_map.get(c, c): c for c in cols}  # our name -> source column
@@ -648,8 +391,3 @@ def _spectra(chunk: dict, layout: _Layout, start: int, path: Path) -> dict[str, 
     if layout.spectra == "coefficients":
         return {"bp_coefficients": block(cols[:N_COEFF]), "rp_coefficients": block(cols[N_COEFF:])}
     return {"flux": block(cols)}
-
-
-def report_dict(report: IngestReport) -> dict:
-    """The report as a JSON-serialisable dict."""
-    return json.loads(json.dumps(asdict(report)))
