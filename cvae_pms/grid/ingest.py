@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from cvae_pms import params as P
-from cvae_pms.grid.gridfile import FORMAT_VERSION, N_COEFF, N_FLUX, GridWriter, _version_string
+from cvae_pms.grid.format import FORMAT_VERSION, N_COEFF, N_FLUX, package_version
+from cvae_pms.grid.grid_writer import GridWriter
 from cvae_pms.grid.ingest_sources import Hdf5Source, IngestError, TableSource, open_source
 
 __all__ = ["IngestError", "IngestReport", "MAP_TARGETS", "check_map_targets", "ingest_table"]
@@ -308,7 +309,7 @@ def ingest_table(input_path: str | os.PathLike, out_path: str | os.PathLike, *,
         report = IngestReport(str(in_path), str(out), src.fmt, layout.spectra)
         with_flux = layout.spectra == "sampled_flux"
         meta = {
-            "creator": f"cvae-pms {_version_string()} grid ingest",
+            "creator": f"cvae-pms {package_version()} grid ingest",
             "source": in_path.name,
             "forward_model": {},
             "random_seed": -1,

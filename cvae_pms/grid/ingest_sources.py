@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from cvae_pms import params as P
-from cvae_pms.grid.gridfile import N_COEFF, N_FLUX, GridError
+from cvae_pms.grid.format import N_COEFF, N_FLUX, GridError
 
 #: Array-valued spectral columns (one cell holds the whole vector).
 SPECTRAL_ARRAYS = ("bp_coefficients", "rp_coefficients", "flux")
