@@ -13,7 +13,7 @@ from cvae_pms.features import (FEATURE_VERSION, N_FEATURES, RELNOISE_CLIP, Featu
 from cvae_pms.xp.instrument import sed_to_coefficients
 from cvae_pms.xp.noise import NoiseModel, coefficient_covariance
 from cvae_pms.xp.photometry import g_mag
-from cvae_pms.xp.sampling import sampled_flux, sampled_flux_error
+from cvae_pms.xp.sampling import SAMPLING_NM, sampled_flux, sampled_flux_error
 
 ME = 0.005
 
@@ -105,15 +105,20 @@ def _numpy_simulated_features(bp, rp, g, n_transits, model, rng):
     formulas written out in numpy (unstandardised)."""
     from cvae_pms.simulator import MODEL_ERROR_RIDGE_ALPHA
     from cvae_pms.xp.flux_fit import ridge_projection
-    from cvae_pms.xp.noise import draw_model_error, draw_observation, model_error_variance
+    from cvae_pms.xp.noise import draw_observation
     from cvae_pms.xp.photometry import scale_to_g
     bp, rp, _ = scale_to_g(bp, rp, g)
-    d = draw_model_error(sampled_flux(bp, rp), rng, model) @ ridge_projection(
-        MODEL_ERROR_RIDGE_ALPHA).T
+    # the parametric term written out: fraction * |flux| * (Gaussian-correlated unit normal)
+    dist = SAMPLING_NM[:, None] - SAMPLING_NM[None, :]
+    chol = np.linalg.cholesky(np.exp(-0.5 * (dist / model.model_error_corr_nm) ** 2)
+                              + 1e-6 * np.eye(SAMPLING_NM.size))
+    flux0 = sampled_flux(bp, rp)
+    delta = model.model_error_fraction * rng.standard_normal(flux0.shape) @ chol.T
+    d = (np.abs(flux0) * delta) @ ridge_projection(MODEL_ERROR_RIDGE_ALPHA).T
     bp_o, rp_o, cb, cr = draw_observation(bp + d[:, :55], rp + d[:, 55:], n_transits, rng,
                                           model)
     flux = sampled_flux(bp_o, rp_o)
-    sigma = np.sqrt(sampled_flux_error(cb, cr) ** 2 + model_error_variance(flux, model))
+    sigma = np.sqrt(sampled_flux_error(cb, cr) ** 2 + (model.model_error_fraction * flux) ** 2)
     norm = flux.mean(1, keepdims=True)
     return np.concatenate([flux / norm, np.clip(np.log10(sigma / norm), *RELNOISE_CLIP)], 1)
 

@@ -223,19 +223,24 @@ def test_errors_shrink_with_transits_and_grow_relative_when_faint():
     assert 3e-4 < rel_bright < 1e-2  # ~1e-3 at G_BP ~ 14 with 40 transits (DR3: 0.0014 at G_BP 12)
 
 
-def test_model_error_terms():
+def test_parametric_model_error_term():
+    """The noise model's fixed model-error term (fraction, Gaussian correlation length), as
+    training uses it through :meth:`ModelError.parametric`: unit correlation on the diagonal,
+    the Gaussian at one correlation length, per-pixel sigma = fraction * flux, and draws with
+    that sigma."""
+    from cvae_pms.xp.model_error import ModelError
     m = nz.NoiseModel.default()
-    chol = nz.model_error_correlation_cholesky()
-    rho = chol @ chol.T
-    np.testing.assert_allclose(np.diag(rho), 1.0, atol=2e-6)
+    term = ModelError.from_config({"model_error": "parametric"}, m)
+    cov = term.covariance()
+    rho = cov / np.sqrt(np.outer(np.diag(cov), np.diag(cov)))
     j = int(np.argmin(np.abs(SAMPLING_NM - 600.0)))
     k = int(np.argmin(np.abs(SAMPLING_NM - (600.0 + m.model_error_corr_nm))))
     dist = SAMPLING_NM[k] - SAMPLING_NM[j]
     assert rho[j, k] == pytest.approx(np.exp(-0.5 * (dist / m.model_error_corr_nm) ** 2), abs=1e-5)
     flux = sampled_flux(*_star(1e-4))
-    var = nz.model_error_variance(flux)
-    np.testing.assert_allclose(var, (m.model_error_fraction * flux) ** 2)
-    draws = nz.draw_model_error(np.repeat(flux, 4000, 0), np.random.default_rng(0))
+    var = term.variance(None, 1) * flux ** 2
+    np.testing.assert_allclose(var, (m.model_error_fraction * flux) ** 2, rtol=1e-5)
+    draws = term.draw(np.repeat(flux, 4000, 0), None, np.random.default_rng(0))
     np.testing.assert_allclose(draws.std(0) / np.sqrt(var[0]), 1.0, atol=0.08)
 
 

@@ -20,12 +20,10 @@ B, f_floor and rho are fitted per band on 2000 real DR3 spectra by ``scripts/fit
 Draws ``c + L z`` use ``L = L_F^{-T}`` with ``L_F = chol(Phi W Phi^T)``: the same distribution as
 ``chol(Cov) z`` (``L L^T = Cov``) without inverting first, which keeps float64 Cholesky stable.
 
-The model error of the instrument operator (0.2-1 % per pixel, see :mod:`cvae_pms.xp.instrument`)
-is a separate, documented term in flux space on ``SAMPLING_NM``: a fractional per-pixel error
-``model_error_fraction`` correlated in wavelength with a Gaussian of ``model_error_corr_nm``
-(about one line-spread sigma: ~6 nm at 400 nm, ~20 nm at 550-800 nm). Training adds it to the
-sampled-flux noise; inference adds ``model_error_variance`` (with the correlation) to the
-propagated flux covariance.
+The forward-model error is a separate term in flux space, defined once in
+:mod:`cvae_pms.xp.model_error`; this model only carries the parameters of its parametric form
+(``model_error_fraction`` per pixel, Gaussian-correlated over ``model_error_corr_nm``: about one
+line-spread sigma), used by :meth:`~cvae_pms.xp.model_error.ModelError.from_config`.
 
 One definition of the formulas: the numpy functions call the TensorFlow ones (float64 inside).
 """
@@ -43,7 +41,6 @@ import numpy as np
 from cvae_pms.errors import CvaePmsError
 
 from .instrument import BANDS, internal_bases, window_samples
-from .sampling import SAMPLING_NM
 
 #: Package data file with the fitted constants.
 DEFAULT_FILE = "xp_noise_model.json"
@@ -410,45 +407,3 @@ def draw_observation(bp: np.ndarray, rp: np.ndarray, n_transits, rng: np.random.
         for o, r in zip(out, res):
             o[sl] = r.numpy()
     return out[0], out[1], out[2], out[3]
-
-
-# ---------------------------------------------------------------- model error (flux space)
-@functools.lru_cache(maxsize=4)
-def _model_error_cholesky(corr_nm: float) -> np.ndarray:
-    d = SAMPLING_NM[:, None] - SAMPLING_NM[None, :]
-    corr = np.exp(-0.5 * (d / corr_nm) ** 2)
-    # A Gaussian kernel matrix is numerically singular; 1e-6 on the diagonal makes it positive
-    # definite while changing each pixel's variance by 1e-6.
-    chol = np.linalg.cholesky(corr + 1e-6 * np.eye(SAMPLING_NM.size))
-    chol.setflags(write=False)
-    return chol
-
-
-def model_error_correlation_cholesky(model: NoiseModel | None = None) -> np.ndarray:
-    """Cholesky factor (343, 343) of the model-error correlation on SAMPLING_NM."""
-    model = model or NoiseModel.default()
-    return _model_error_cholesky(float(model.model_error_corr_nm))
-
-
-def model_error_variance(flux_w_m2_nm: np.ndarray, model: NoiseModel | None = None) -> np.ndarray:
-    """Per-pixel model-error variance (n, 343) = (fraction * flux)^2, (W m^-2 nm^-1)^2."""
-    model = model or NoiseModel.default()
-    return (model.model_error_fraction * np.asarray(flux_w_m2_nm, dtype=float)) ** 2
-
-
-def model_error_covariance(flux_w_m2_nm: np.ndarray, model: NoiseModel | None = None) -> np.ndarray:
-    """Full model-error covariance (n, 343, 343): sigma_i sigma_j rho_ij (for small n)."""
-    model = model or NoiseModel.default()
-    sig = model.model_error_fraction * np.atleast_2d(np.asarray(flux_w_m2_nm, dtype=float))
-    chol = model_error_correlation_cholesky(model)
-    rho = chol @ chol.T
-    return sig[:, :, None] * rho[None] * sig[:, None, :]
-
-
-def draw_model_error(flux_w_m2_nm: np.ndarray, rng: np.random.Generator,
-                     model: NoiseModel | None = None) -> np.ndarray:
-    """One correlated model-error draw per row (n, 343), to add to sampled flux."""
-    model = model or NoiseModel.default()
-    flux = np.atleast_2d(np.asarray(flux_w_m2_nm, dtype=float))
-    z = rng.standard_normal(flux.shape) @ model_error_correlation_cholesky(model).T
-    return model.model_error_fraction * np.abs(flux) * z
