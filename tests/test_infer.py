@@ -92,7 +92,7 @@ def test_at_bound_bit_and_bound_params_end_to_end(tmp_path, run, model, monkeypa
     with the at_bound bit and the parameter's bit in bound_params; the others with neither.
     The sampler is wrapped (the tiny test model is too broad to pile anywhere); the pile
     itself is judged by the package's own bound_flags (unit-tested in test_ood.py)."""
-    import cvae_pms.infer as inf
+    import cvae_pms.infer_batch as inf   # infer_batch looks sample_sources up there
 
     real = inf.sample_sources
 
