@@ -39,10 +39,10 @@ resampled equal-weight samples are written as ``samples``, the raw ones as ``sam
 with ``keep_raw``; ``ess`` per source; ``low_ess`` flag below the prior's threshold. Bound
 flags are computed on the raw samples.
 
-The pieces: :mod:`cvae_pms.infer_sampling` (the per-source keyed sampler),
-:mod:`cvae_pms.infer_model` (:class:`Model`, :func:`load_model`, :func:`cached_model`,
-:class:`InferError`), :mod:`cvae_pms.infer_batch` (:func:`infer_batch`: one batch of sources to
-posterior rows), :mod:`cvae_pms.infer_checks` (:func:`check_paths`, duplicated source_ids);
+The pieces: :mod:`cvae_pms.inference.sampling` (the per-source keyed sampler),
+:mod:`cvae_pms.inference.model` (:class:`Model`, :func:`load_model`, :func:`cached_model`,
+:class:`InferError`), :mod:`cvae_pms.inference.batch` (:func:`infer_batch`: one batch of sources to
+posterior rows), :mod:`cvae_pms.inference.checks` (:func:`check_paths`, duplicated source_ids);
 this module holds the pipeline :func:`infer` (paths, locks, resume, the posterior file,
 summary, plots) and re-exports the public names, so
 ``from cvae_pms.infer import infer_batch, load_model`` keeps working.
@@ -62,10 +62,10 @@ import numpy as np
 from cvae_pms import __version__
 from cvae_pms import posterior_file as pf
 from cvae_pms import resume as resuming
-from cvae_pms.infer_batch import ParallaxOptions, infer_batch
-from cvae_pms.infer_checks import DuplicateSourceIdWarning, _flag_duplicates, _warn, check_paths
-from cvae_pms.infer_model import InferError, Model, cached_model, load_model, sample_sources
-from cvae_pms.infer_sampling import (KEYED_BATCH, KeyedSampler, keyed_sampler, keyed_samples,
+from cvae_pms.inference.batch import ParallaxOptions, infer_batch
+from cvae_pms.inference.checks import DuplicateSourceIdWarning, _flag_duplicates, _warn, check_paths
+from cvae_pms.inference.model import InferError, Model, cached_model, load_model, sample_sources
+from cvae_pms.inference.sampling import (KEYED_BATCH, KeyedSampler, keyed_sampler, keyed_samples,
                                      source_seeds)
 
 __all__ = ["KEYED_BATCH", "DuplicateSourceIdWarning", "InferError", "InferResult",

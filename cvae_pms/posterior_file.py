@@ -42,23 +42,23 @@ trusts only these).
 
 The writer appends chunk by chunk to resizable datasets, so memory stays flat in ``n``.
 
-The pieces: :mod:`cvae_pms.posterior_format` (version, flags, the compatibility check),
-:mod:`cvae_pms.posterior_writer`, :mod:`cvae_pms.posterior_reader` and
-:mod:`cvae_pms.posterior_summary` (the summary table); this module re-exports their public
+The pieces: :mod:`cvae_pms.io.posterior_format` (version, flags, the compatibility check),
+:mod:`cvae_pms.io.posterior_writer`, :mod:`cvae_pms.io.posterior_reader` and
+:mod:`cvae_pms.io.posterior_summary` (the summary table); this module re-exports their public
 names, so ``from cvae_pms.posterior_file import PosteriorWriter, read_posterior`` keeps working.
 """
 from __future__ import annotations
 
-from cvae_pms.posterior_format import (FLAG_AT_BOUND, FLAG_DIAGONAL_COV, FLAG_DUPLICATE_SOURCE_ID,
+from cvae_pms.io.posterior_format import (FLAG_AT_BOUND, FLAG_DIAGONAL_COV, FLAG_DUPLICATE_SOURCE_ID,
                                        FLAG_FAILED, FLAG_G_OUTSIDE_TRAINING, FLAG_LOW_ESS,
                                        FLAG_NO_PARALLAX, FLAG_OOD, FLAG_POOR_FIT,
                                        FLAG_SAMPLED_INPUT, FORMAT_VERSION, QUANTILE_LEVELS,
                                        STATUS_FLAGS, PosteriorFileError, bound_names,
                                        check_compatible, flag_names, posterior_quantiles)
-from cvae_pms.posterior_reader import (Posterior, completed_keys, completed_rows, iter_posterior,
+from cvae_pms.io.posterior_reader import (Posterior, completed_keys, completed_rows, iter_posterior,
                                        read_posterior)
-from cvae_pms.posterior_summary import read_summary, summary_table, write_summary
-from cvae_pms.posterior_writer import PosteriorChunk, PosteriorWriter
+from cvae_pms.io.posterior_summary import read_summary, summary_table, write_summary
+from cvae_pms.io.posterior_writer import PosteriorChunk, PosteriorWriter
 
 __all__ = ["FLAG_AT_BOUND", "FLAG_DIAGONAL_COV", "FLAG_DUPLICATE_SOURCE_ID", "FLAG_FAILED",
            "FLAG_G_OUTSIDE_TRAINING", "FLAG_LOW_ESS", "FLAG_NO_PARALLAX", "FLAG_OOD",

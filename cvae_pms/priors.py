@@ -63,8 +63,8 @@ Example
 >>> result.resampled.shape, bool(abs(result.resampled[..., 0].mean() - 4000) < 50)
 ((2, 1000, 7), True)
 
-The factor types are read in :mod:`cvae_pms.prior_factors` (densities in
-:mod:`cvae_pms.prior_densities`), the prior and its file in :mod:`cvae_pms.prior_spec`; this
+The factor types are read in :mod:`cvae_pms.prior.factors` (densities in
+:mod:`cvae_pms.prior.densities`), the prior and its file in :mod:`cvae_pms.prior.spec`; this
 module reweights and resamples, and re-exports their public names.
 """
 from __future__ import annotations
@@ -74,9 +74,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from cvae_pms import params
-from cvae_pms.prior_densities import CHABRIER_FORMS, CHABRIER_X, chabrier_imf_pdf
-from cvae_pms.prior_factors import FACTOR_TYPES, Factor, PriorError
-from cvae_pms.prior_spec import (DEFAULT_ESS_MIN, PRIOR_DIR, RESAMPLERS, Prior, PriorSettings,
+from cvae_pms.prior.densities import CHABRIER_FORMS, CHABRIER_X, chabrier_imf_pdf
+from cvae_pms.prior.factors import FACTOR_TYPES, Factor, PriorError
+from cvae_pms.prior.spec import (DEFAULT_ESS_MIN, PRIOR_DIR, RESAMPLERS, Prior, PriorSettings,
                                  load_prior, prior_from_dict)
 
 __all__ = ["CHABRIER_FORMS", "CHABRIER_X", "DEFAULT_ESS_MIN", "FACTOR_TYPES", "PRIOR_DIR",

@@ -23,7 +23,7 @@ import contextlib
 import inspect
 import os
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 from astropy.table import Table, vstack
 

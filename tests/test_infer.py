@@ -19,8 +19,8 @@ import helpers_infer as h
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    return h.shared_run(tmp_path_factory)
+def run(trained_run):
+    return trained_run
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +92,7 @@ def test_at_bound_bit_and_bound_params_end_to_end(tmp_path, run, model, monkeypa
     with the at_bound bit and the parameter's bit in bound_params; the others with neither.
     The sampler is wrapped (the tiny test model is too broad to pile anywhere); the pile
     itself is judged by the package's own bound_flags (unit-tested in test_ood.py)."""
-    import cvae_pms.infer_batch as inf   # infer_batch looks sample_sources up there
+    import cvae_pms.inference.batch as inf   # infer_batch looks sample_sources up there (cvae_pms.inference.batch)
 
     real = inf.sample_sources
 

@@ -206,8 +206,8 @@ def _coeffs(path):
     return b.bp_coefficients, b.rp_coefficients, b.bp_covariance, b.rp_covariance
 
 
-def test_spectrum_only_model_ignores_parallaxes(tmp_path_factory, tmp_path):
-    run = h.shared_run(tmp_path_factory)
+def test_spectrum_only_model_ignores_parallaxes(trained_run, tmp_path):
+    run = trained_run
     model = cached_model(str(run))
     with_plx = _obs_with_parallax(tmp_path)
     plain = h.write_observations(tmp_path / "plain.csv", h_theta(6), np.full(6, 13.0), seed=2)

@@ -61,11 +61,11 @@ def test_bound_flags():
 
 
 @pytest.mark.slow  # trains the session's shared tiny run when it runs first (~20 s)
-def test_built_by_train_and_read_by_infer(tmp_path_factory):
+def test_built_by_train_and_read_by_infer(trained_run):
     from cvae_pms.infer import load_model
     from cvae_pms.model.rundir import model_hash
 
-    run = h.shared_run(tmp_path_factory)
+    run = trained_run
     cached = ood.load_ood_index(run / ood.OOD_FILE)
     assert cached.meta["model_hash"] == model_hash(run)
     assert cached.reference.shape == (600, 686) and np.isfinite(cached.threshold)
@@ -80,8 +80,8 @@ def test_built_by_train_and_read_by_infer(tmp_path_factory):
     (lambda p: p.unlink(), "no OOD index"),
     (lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 2]), "cannot read OOD index"),
 ], ids=["missing", "damaged"])
-def test_missing_or_damaged_index_is_refused_and_rebuilt_by_the_command(
-        tmp_path_factory, tmp_path, damage, why):
+def test_missing_or_damaged_index_is_refused_and_rebuilt_by_the_command(trained_run, tmp_path,
+                                                                        damage, why):
     """Inference never rebuilds ood.npz (that needs the training grid): it names the file and
     the rebuild command; ``cvae-pms ood rebuild RUN`` then restores identical OOD flags."""
     import shutil
@@ -92,7 +92,7 @@ def test_missing_or_damaged_index_is_refused_and_rebuilt_by_the_command(
     from cvae_pms.infer import InferError, load_model
 
     run = tmp_path / "run"
-    shutil.copytree(h.shared_run(tmp_path_factory), run)
+    shutil.copytree(trained_run, run)
     build_ood_index(run)                                 # the settings the command uses
     before = load_model(run).ood
     damage(run / ood.OOD_FILE)
@@ -111,7 +111,7 @@ def test_missing_or_damaged_index_is_refused_and_rebuilt_by_the_command(
 
 
 @pytest.mark.slow
-def test_stale_index_and_moved_grid(tmp_path_factory, tmp_path):
+def test_stale_index_and_moved_grid(trained_run, tmp_path):
     """An index of other weights is refused; the rebuild command finds a moved grid with
     --grid and refuses a grid with other content."""
     import shutil
@@ -121,7 +121,7 @@ def test_stale_index_and_moved_grid(tmp_path_factory, tmp_path):
     from cvae_pms.cli import main
     from cvae_pms.infer import InferError, load_model
 
-    shared = h.shared_run(tmp_path_factory)
+    shared = trained_run
     run = tmp_path / "run"
     shutil.copytree(shared, run)
     idx = ood.load_ood_index(run / ood.OOD_FILE)

@@ -34,8 +34,8 @@ DUP_ROWS = (2, 5, 17)
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    return h.shared_run(tmp_path_factory)
+def run(trained_run):
+    return trained_run
 
 
 @pytest.fixture(scope="module")

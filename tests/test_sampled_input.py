@@ -16,7 +16,7 @@ from cvae_pms import posterior_file as pf
 from cvae_pms.cli import main
 from cvae_pms.xp.archive import XPBatch, XPReadError, iter_xp, read_xp, write_xp_table
 from cvae_pms.xp.sampled import SampledBatch
-from cvae_pms.xp.sampling import SAMPLING_NM, sampled_flux, sampled_flux_error
+from cvae_pms.xp.sampling import sampled_flux, sampled_flux_error
 
 import helpers_infer as h
 
@@ -85,8 +85,8 @@ def calibrated(real_xp, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    return h.shared_run(tmp_path_factory)
+def run(trained_run):
+    return trained_run
 
 
 @pytest.fixture(scope="module")

@@ -25,8 +25,8 @@ def test_parse_and_part_names(tmp_path):
     assert part_path(tmp_path / "post.h5", "/data/xp_0001.csv.gz").name == "post.xp_0001.h5"
 
 
-def test_dask_local_2_equals_single_process(tmp_path, tmp_path_factory):
-    run = h.shared_run(tmp_path_factory)
+def test_dask_local_2_equals_single_process(tmp_path, trained_run):
+    run = trained_run
     rng = np.random.default_rng(11)
     files = []
     for k in range(4):
@@ -170,14 +170,14 @@ def _obs_plx(path, theta, g, seed, source_id, plx, err):
     return path
 
 
-def test_dask_with_prior_and_astrometry_equals_single_process(tmp_path, tmp_path_factory):
+def test_dask_with_prior_and_astrometry_equals_single_process(tmp_path, trained_lum_run):
     import pickle
 
     from astropy.table import Table
 
     from cvae_pms.scaleout import merged_result, plan_dask
 
-    run = h.shared_lum_run(tmp_path_factory)
+    run = trained_lum_run
     rng = np.random.default_rng(5)
     files = []
     for k in range(3):

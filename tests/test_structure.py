@@ -16,7 +16,8 @@ INFERENCE_ENTRY = ("cvae_pms.api", "cvae_pms.infer")
 #: Training-side modules: they open grids or run the training noise path.
 TRAINING_SIDE = ("cvae_pms.training", "cvae_pms.simulator",
                  "cvae_pms.simulate", "cvae_pms.evaluate", "cvae_pms.evaluation",
-                 "cvae_pms.grid.gridfile", "cvae_pms.grid.ingest")
+                 "cvae_pms.grid.gridfile", "cvae_pms.grid.grid_writer",
+                 "cvae_pms.grid.ingest", "cvae_pms.grid.ingest_sources")
 
 
 def _modules() -> dict[str, tuple[Path, bool]]:

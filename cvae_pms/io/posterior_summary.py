@@ -12,9 +12,9 @@ from astropy.table import Table
 
 from cvae_pms import params
 from cvae_pms.atomic import atomic_path
-from cvae_pms.posterior_format import (_Q_COLUMNS, QUANTILE_LEVELS, STATUS_FLAGS,
+from cvae_pms.io.posterior_format import (_Q_COLUMNS, QUANTILE_LEVELS, STATUS_FLAGS,
                                        PosteriorFileError, bound_names, flag_names)
-from cvae_pms.posterior_reader import Posterior
+from cvae_pms.io.posterior_reader import Posterior
 
 
 def summary_table(posteriors: Iterator[Posterior] | Posterior) -> Table:

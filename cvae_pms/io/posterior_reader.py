@@ -11,7 +11,7 @@ from typing import Iterator
 import h5py
 import numpy as np
 
-from cvae_pms.posterior_format import PosteriorFileError, check_compatible
+from cvae_pms.io.posterior_format import PosteriorFileError, check_compatible
 
 
 @dataclass

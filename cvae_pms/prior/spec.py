@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from cvae_pms import params
-from cvae_pms.prior_factors import _BOX_TOL, FACTOR_TYPES, Factor, PriorError, _Keys
+from cvae_pms.prior.factors import _BOX_TOL, FACTOR_TYPES, Factor, PriorError, _Keys
 
 #: Default ESS threshold (absolute number of effective samples) below which a source is flagged.
 DEFAULT_ESS_MIN = 50.0
@@ -154,7 +154,7 @@ def _settings(table: Any, where: str) -> PriorSettings:
 
 
 #: Shipped example priors (package data): ``--prior chabrier-imf`` finds them by name.
-PRIOR_DIR = Path(__file__).resolve().parent / "recipes" / "priors"
+PRIOR_DIR = Path(__file__).resolve().parents[1] / "recipes" / "priors"
 
 
 def load_prior(path: str | os.PathLike) -> Prior:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from cvae_pms.errors import CvaePmsError
-from cvae_pms.infer_sampling import KEYED_BATCH, KeyedSampler, keyed_sampler, keyed_samples
+from cvae_pms.inference.sampling import KEYED_BATCH, KeyedSampler, keyed_sampler, keyed_samples
 from cvae_pms.ood import OODError, OODIndex, load_run_ood_index
 
 

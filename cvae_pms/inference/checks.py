@@ -10,7 +10,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from cvae_pms import posterior_file as pf
-from cvae_pms.infer_model import InferError
+from cvae_pms.inference.model import InferError
 
 
 def check_paths(inputs: Sequence[str | os.PathLike], out: str | os.PathLike,

@@ -12,7 +12,7 @@ import numpy as np
 
 from cvae_pms import params
 from cvae_pms import posterior_file as pf
-from cvae_pms.infer_model import Model, sample_sources
+from cvae_pms.inference.model import Model, sample_sources
 from cvae_pms.ood import bound_flags
 
 

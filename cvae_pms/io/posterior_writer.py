@@ -13,7 +13,7 @@ import h5py
 import numpy as np
 
 from cvae_pms import params
-from cvae_pms.posterior_format import (FORMAT_VERSION, QUANTILE_LEVELS, STATUS_FLAGS,
+from cvae_pms.io.posterior_format import (FORMAT_VERSION, QUANTILE_LEVELS, STATUS_FLAGS,
                                        PosteriorFileError, _attr_value, check_compatible,
                                        posterior_quantiles)
 

@@ -11,7 +11,7 @@ import numpy as np
 
 from cvae_pms import params
 from cvae_pms.errors import CvaePmsError
-from cvae_pms.prior_densities import CHABRIER_FORMS, CHABRIER_X, _chabrier_log_pdf, _normal_logpdf
+from cvae_pms.prior.densities import CHABRIER_FORMS, CHABRIER_X, _chabrier_log_pdf, _normal_logpdf
 
 _BOX_TOL = 1e-6  # samples this fraction of the range outside the box count as on the edge
 
