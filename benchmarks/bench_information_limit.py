@@ -148,7 +148,6 @@ def main() -> None:
         model_error = run_model_error(load_run(a.run))
     obs = evaluated_observations(bp0, rp0, theta, g_settings, setting, tr, a.seed,
                                  model_error=model_error)
-    bp, rp, bp_cov, rp_cov = obs.bp, obs.rp, obs.bp_cov, obs.rp_cov
     k = min(a.k, theta.shape[0])
     out = {"grid": str(Path(a.grid).resolve()), "g_mag": a.g,
            "evaluate_g_mag": [s.label for s in g_settings], "transits": list(tr),

@@ -19,7 +19,6 @@ import json
 import platform
 import subprocess
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
