@@ -29,7 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from cvae_pms.errors import CvaePmsError
+from cvae_pms.io.tables import ASTROPY_FORMATS, table_format
 
 LN10 = math.log(10.0)
 #: Minimum parallax / parallax_error for the luminosity channel (inference default).
@@ -147,10 +149,6 @@ class AstrometryTable:
         return plx, err, found
 
 
-_TABLE_FORMATS = {".csv": "ascii.csv", ".ecsv": "ascii.ecsv", ".fits": "fits", ".fit": "fits",
-                  ".vot": "votable", ".xml": "votable", ".votable": "votable"}
-
-
 def read_astrometry(path: str | os.PathLike) -> AstrometryTable:
     """Read a table with ``source_id``, ``parallax`` and ``parallax_error`` (case-insensitive).
 
@@ -160,10 +158,10 @@ def read_astrometry(path: str | os.PathLike) -> AstrometryTable:
     """
     from astropy.table import Table
     p = Path(path)
-    fmt = _TABLE_FORMATS.get(p.suffix.lower())
+    fmt = table_format(p)
     if fmt is None:
         raise AstrometryError(f"{p}: astrometry table must end in "
-                              f"{', '.join(sorted(_TABLE_FORMATS))}")
+                              f"{', '.join(sorted(ASTROPY_FORMATS))}")
     if not p.is_file():
         raise AstrometryError(f"{p}: astrometry table not found")
     try:

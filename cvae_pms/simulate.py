@@ -33,6 +33,7 @@ import numpy as np
 from cvae_pms import params as P
 from cvae_pms.astrometry import draw_parallax
 from cvae_pms.atomic import atomic_path, write_text_atomic
+from cvae_pms.io.tables import TEXT_SUFFIXES, table_format
 from cvae_pms.simulator import (MODEL_ERROR_RIDGE_ALPHA, SimulateError, draw_g_transits,
                                 simulate_observations)
 from cvae_pms.xp.noise import NoiseModel
@@ -65,7 +66,7 @@ def read_params_table(path: str | os.PathLike) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise SimulateError(f"{path}: parameter table not found")
-    fmt = "ascii.ecsv" if path.suffix.lower() == ".ecsv" else "ascii.csv"
+    fmt = table_format(path, TEXT_SUFFIXES) or "ascii.csv"
     try:
         table = Table.read(path, format=fmt)
     except Exception as exc:  # astropy raises many types for unreadable text

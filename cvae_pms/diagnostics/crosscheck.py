@@ -31,9 +31,10 @@ from astropy.coordinates import SkyCoord
 from astropy.table import MaskedColumn, Table
 
 from cvae_pms import params
+from cvae_pms.errors import CvaePmsError
+from cvae_pms.io.tables import table_format
 
 from . import metrics
-from cvae_pms.errors import CvaePmsError
 
 #: A0 / A_V for the G23 extinction law at R_V = 3.1 (A at 541.4 nm over A at 551 nm).
 AV_TO_A0 = 1.02
@@ -42,8 +43,6 @@ RADIUS_ARCSEC = 1.0
 #: Posterior status bit meaning "failed, no samples" (see ``cvae_pms.posterior_file``).
 _FAILED = 1
 
-_FORMATS = {".csv": "ascii.csv", ".ecsv": "ascii.ecsv", ".vot": "votable", ".xml": "votable",
-            ".votable": "votable", ".fits": "fits", ".fit": "fits", ".fits.gz": "fits"}
 _RA_NAMES = ("ra", "raj2000", "ra_icrs", "_ra", "radeg")
 _DEC_NAMES = ("dec", "dej2000", "de_icrs", "dec_icrs", "_de", "dedeg")
 _ERROR_PATTERNS = ("e_{c}", "{c}_err", "{c}_error", "e{c}", "sigma_{c}", "{c}_sigma",
@@ -59,8 +58,7 @@ def read_table(path: str | Path, what: str = "table") -> Table:
     path = Path(path)
     if not path.is_file():
         raise CrosscheckError(f"{path}: {what} not found")
-    name = path.name.lower()
-    fmt = next((f for s, f in _FORMATS.items() if name.endswith(s)), None)
+    fmt = table_format(path)
     try:
         return Table.read(path, format=fmt) if fmt else Table.read(path)
     except Exception as exc:  # astropy raises many kinds for unreadable tables

@@ -14,6 +14,7 @@ import numpy as np
 from astropy.table import Table
 
 from cvae_pms.atomic import atomic_path, write_text_atomic
+from cvae_pms.io.tables import TEXT_SUFFIXES, table_format
 
 
 def _plain(obj):
@@ -44,7 +45,9 @@ def write_json(path: str | os.PathLike, obj: dict) -> Path:
 def write_table(table: Table, path: str | os.PathLike) -> Path:
     """Write an astropy table; format from the suffix (.csv or .ecsv)."""
     path = Path(path)
-    fmt = {".csv": "ascii.csv", ".ecsv": "ascii.ecsv"}[path.suffix.lower()]
+    fmt = table_format(path, TEXT_SUFFIXES)
+    if fmt is None:
+        raise ValueError(f"{path}: a result table must end in .csv or .ecsv")
     with atomic_path(path) as tmp:
         table.write(tmp, format=fmt, overwrite=True)
     return path

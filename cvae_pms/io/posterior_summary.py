@@ -15,6 +15,7 @@ from cvae_pms.atomic import atomic_path
 from cvae_pms.io.posterior_format import (_Q_COLUMNS, QUANTILE_LEVELS, STATUS_FLAGS,
                                        PosteriorFileError, bound_names, flag_names)
 from cvae_pms.io.posterior_reader import Posterior
+from cvae_pms.io.tables import SUMMARY_SUFFIXES, table_format
 
 
 def summary_table(posteriors: Iterator[Posterior] | Posterior) -> Table:
@@ -92,21 +93,20 @@ def _meta_value(v):
 def write_summary(table: Table, path: str | os.PathLike) -> Path:
     """Write a summary table atomically; format from the extension (.ecsv, .csv, .fits)."""
     path = Path(path)
-    suffix = path.suffix.lower()
-    formats = {".ecsv": "ascii.ecsv", ".csv": "ascii.csv", ".fits": "fits"}
-    if suffix not in formats:
+    fmt = table_format(path, SUMMARY_SUFFIXES)
+    if fmt is None:
         raise PosteriorFileError(f"{path}: summary format must be .ecsv, .csv or .fits")
     if not path.parent.is_dir():
         raise PosteriorFileError(f"{path}: directory {path.parent} does not exist")
     with atomic_path(path) as tmp:
-        table.write(tmp, format=formats[suffix], overwrite=True)
+        table.write(tmp, format=fmt, overwrite=True)
     return path
 
 
 def read_summary(path: str | os.PathLike) -> Table:
     """Read a summary table written by :func:`write_summary`."""
     path = Path(path)
-    fmt = {".ecsv": "ascii.ecsv", ".csv": "ascii.csv", ".fits": "fits"}.get(path.suffix.lower())
+    fmt = table_format(path, SUMMARY_SUFFIXES)
     if fmt is None or not path.is_file():
         raise PosteriorFileError(f"{path}: not a summary table (.ecsv, .csv or .fits)")
     return Table.read(path, format=fmt)

@@ -22,6 +22,7 @@ from astropy.table import Table  # noqa: E402
 from cvae_pms import params  # noqa: E402
 from cvae_pms.atomic import atomic_path  # noqa: E402
 from cvae_pms.plots import plain_text  # noqa: E402
+from cvae_pms.io.tables import TEXT_SUFFIXES, table_format  # noqa: E402
 from cvae_pms.posterior_file import FLAG_FAILED, flag_names, iter_posterior  # noqa: E402
 
 
@@ -36,7 +37,7 @@ def read_truth(path: str | os.PathLike) -> dict[int, np.ndarray]:
     """
     path = Path(path)
     try:
-        t = Table.read(path, format="ascii.ecsv" if path.suffix == ".ecsv" else "ascii.csv")
+        t = Table.read(path, format=table_format(path, TEXT_SUFFIXES) or "ascii.csv")
     except Exception as exc:  # astropy raises many types for unreadable text tables
         raise TruthTableError(f"{path}: cannot read truth table ({exc})") from exc
     missing = [c for c in ("source_id", *params.NAMES) if c not in t.colnames]
