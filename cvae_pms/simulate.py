@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from cvae_pms import params as P
+from cvae_pms import ranges
 from cvae_pms.astrometry import draw_parallax
 from cvae_pms.atomic import atomic_path, write_text_atomic
 from cvae_pms.io.tables import TEXT_SUFFIXES, table_format
@@ -41,22 +42,9 @@ from cvae_pms.xp.noise import NoiseModel
 ROW_CHOICES = ("test", "all")
 FORWARD_DISTANCE_PC = 10.0
 def parse_range(text: str, what: str, integer: bool = False) -> tuple[float, float]:
-    """``"12:17"`` -> (12, 17); ``"15"`` -> (15, 15). Raises :class:`SimulateError`."""
-    parts = str(text).split(":")
-    try:
-        if len(parts) == 1:
-            lo = hi = float(parts[0])
-        elif len(parts) == 2:
-            lo, hi = float(parts[0]), float(parts[1])
-        else:
-            raise ValueError
-    except ValueError:
-        raise SimulateError(f"{what}: expected a value or LO:HI, got {text!r}") from None
-    if not (math.isfinite(lo) and math.isfinite(hi)) or lo > hi:
-        raise SimulateError(f"{what}: need finite LO <= HI, got {text!r}")
-    if integer and (lo != int(lo) or hi != int(hi) or lo < 1):
-        raise SimulateError(f"{what}: need integers >= 1, got {text!r}")
-    return lo, hi
+    """``"12:17"`` -> (12, 17); ``"15"`` -> (15, 15) (:func:`cvae_pms.ranges.parse_range`);
+    raises :class:`SimulateError`."""
+    return ranges.parse_range(text, what, integer, SimulateError)
 
 
 def read_params_table(path: str | os.PathLike) -> np.ndarray:

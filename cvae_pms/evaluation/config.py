@@ -6,8 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
-
+from cvae_pms import ranges
 from cvae_pms.errors import CvaePmsError
 
 
@@ -33,18 +32,9 @@ class GSetting:
 
 
 def parse_range(text: str, what: str, integer: bool = False) -> tuple[float, float]:
-    """``'15'`` -> (15, 15); ``'12:17'`` -> (12, 17); checks order (and integers)."""
-    try:
-        parts = [float(p) for p in str(text).split(":")]
-    except ValueError as exc:
-        raise EvaluationError(f"{what} {text!r}: expected a number or LOW:HIGH") from exc
-    if len(parts) == 1:
-        parts = parts * 2
-    if len(parts) != 2 or not all(np.isfinite(parts)) or parts[0] > parts[1]:
-        raise EvaluationError(f"{what} {text!r}: expected a number or LOW:HIGH with LOW <= HIGH")
-    if integer and (parts[0] != int(parts[0]) or parts[1] != int(parts[1]) or parts[0] < 1):
-        raise EvaluationError(f"{what} {text!r}: expected positive integers")
-    return parts[0], parts[1]
+    """``'15'`` -> (15, 15); ``'12:17'`` -> (12, 17) (:func:`cvae_pms.ranges.parse_range`);
+    raises :class:`EvaluationError`."""
+    return ranges.parse_range(text, what, integer, EvaluationError)
 
 
 def parse_g_mags(values: Sequence[str]) -> list[GSetting]:
