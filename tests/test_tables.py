@@ -1,4 +1,5 @@
-"""The one suffix -> astropy format map (cvae_pms.io.tables) and the writers that use it."""
+"""One definition each: the suffix -> astropy format map (cvae_pms.io.tables) and the
+numpy -> JSON conversion (cvae_pms.io.json_ready), with the writers that use them."""
 from __future__ import annotations
 
 import doctest
@@ -44,3 +45,26 @@ def test_summary_refuses_other_formats_naming_the_file(tmp_path):
     from cvae_pms.posterior_file import PosteriorFileError, write_summary
     with pytest.raises(PosteriorFileError, match=r"s\.vot: summary format must be"):
         write_summary(Table({"a": [1]}), tmp_path / "s.vot")
+
+
+def test_json_ready_rules_and_valid_json(tmp_path):
+    """One conversion: results get null for NaN/inf (valid JSON); the grid meta keeps its
+    hashed rule ("NaN", infinities as they are)."""
+    import json
+    from pathlib import Path
+
+    from cvae_pms.diagnostics.result_files import write_json
+    from cvae_pms.grid.format import canonical_meta_json
+    from cvae_pms.io.json_ready import json_ready
+    from cvae_pms.model.rundir import write_json as write_run_json
+
+    obj = {"x": np.array([1.0, np.nan]), "n": np.int32(3), "ok": np.bool_(True),
+           "p": Path("a/b"), "t": (np.float32(0.5), np.inf)}
+    want = {"x": [1.0, None], "n": 3, "ok": True, "p": "a/b", "t": [0.5, None]}
+    assert json_ready(obj) == want
+    for writer, name in ((write_json, "r.json"), (write_run_json, "m.json")):
+        writer(tmp_path / name, obj)
+        assert json.loads((tmp_path / name).read_text()) == want
+        assert "NaN" not in (tmp_path / name).read_text()
+    assert canonical_meta_json({"a": float("nan"), "b": 1.5}) == '{"a":"NaN","b":1.5}'
+    assert json_ready([np.nan, -np.inf], nan="NaN", keep_inf=True) == ["NaN", -np.inf]

@@ -6,40 +6,19 @@ killed run never leaves a half-written result behind.
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 
-import numpy as np
 from astropy.table import Table
 
 from cvae_pms.atomic import atomic_path, write_text_atomic
+from cvae_pms.io.json_ready import json_ready
 from cvae_pms.io.tables import TEXT_SUFFIXES, table_format
-
-
-def _plain(obj):
-    """JSON-ready copy: numpy scalars/arrays to Python, NaN/inf to None."""
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _plain(obj.tolist())
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.floating, float)):
-        v = float(obj)
-        return v if math.isfinite(v) else None
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
 
 
 def write_json(path: str | os.PathLike, obj: dict) -> Path:
     """Write ``obj`` as indented JSON (NaN -> null) atomically."""
-    return write_text_atomic(path, json.dumps(_plain(obj), indent=1, allow_nan=False) + "\n")
+    return write_text_atomic(path, json.dumps(json_ready(obj), indent=1, allow_nan=False) + "\n")
 
 
 def write_table(table: Table, path: str | os.PathLike) -> Path:

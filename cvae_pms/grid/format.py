@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
-import math
 from typing import Any
 
 import h5py
@@ -18,6 +17,7 @@ import numpy as np
 
 from cvae_pms import params as P
 from cvae_pms.errors import CvaePmsError
+from cvae_pms.io.json_ready import json_ready
 
 FORMAT_VERSION = 1
 N_COEFF = 55
@@ -50,23 +50,8 @@ def package_version() -> str:
 
 
 def _plain(value: Any) -> Any:
-    """Convert numpy scalars/arrays and NaN into JSON-friendly Python values."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _plain(value.tolist())
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (np.floating, float)):
-        value = float(value)
-        return "NaN" if math.isnan(value) else value
-    if isinstance(value, (np.bool_,)):
-        return bool(value)
-    if isinstance(value, bytes):
-        return value.decode()
-    return value
+    """JSON-ready meta value; NaN as the string "NaN", infinities kept (the hashed rule)."""
+    return json_ready(value, nan="NaN", keep_inf=True)
 
 
 def canonical_meta_json(meta: dict) -> str:

@@ -27,6 +27,7 @@ from cvae_pms import params as P
 from cvae_pms.atomic import write_bytes_atomic, write_text_atomic
 from cvae_pms.features import FEATURE_VERSION, FeatureError, Featuriser, FeatureSpec
 from cvae_pms.errors import CvaePmsError
+from cvae_pms.io.json_ready import json_ready
 
 WEIGHTS = "model.weights.h5"
 #: Files of a model dir that define its samples (hashed into :func:`model_hash`).
@@ -38,21 +39,9 @@ class RunDirError(CvaePmsError):
 
 
 def write_json(path: str | Path, obj) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=1, sort_keys=True, default=_json_default))
-
-
-def _json_default(o):
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, (tuple, set)):
-        return list(o)
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+    """Indented, key-sorted JSON (NaN/inf -> null), written atomically."""
+    write_text_atomic(path, json.dumps(json_ready(obj), indent=1, sort_keys=True,
+                                       allow_nan=False))
 
 
 def save_weights(net, directory: str | Path) -> None:
