@@ -51,7 +51,7 @@ def evaluate(cfg: EvaluateConfig, log: Callable[[str], None] = print) -> dict:
     """Run the evaluation described by ``cfg``; writes every output into ``cfg.out`` and
     returns the content of ``metrics.json``."""
     from cvae_pms.grid.gridfile import GridError, open_grid
-    from cvae_pms.model.rundir import RunDirError, load_run
+    from cvae_pms.model.rundir import RunDirError, check_training_grid, load_run
 
     if cfg.n < 1 or cfg.samples < 2:
         raise EvaluationError(f"--n ({cfg.n}) must be >= 1 and --samples ({cfg.samples}) >= 2")
@@ -68,12 +68,9 @@ def evaluate(cfg: EvaluateConfig, log: Callable[[str], None] = print) -> dict:
     except GridError as exc:
         raise EvaluationError(str(exc)) from exc
     with grid:
-        want = str(run.grid_info.get("content_hash", ""))
-        if want and grid.content_hash != want:
-            raise EvaluationError(
-                f"{cfg.grid}: content hash {grid.content_hash[:12]}... differs from the grid "
-                f"the run {cfg.run_dir} was trained on ({want[:12]}..., "
-                f"{run.grid_info.get('path')}): its split indices would point at other rows")
+        check_training_grid(cfg.run_dir, run.grid_info.get("content_hash"), cfg.grid,
+                            grid.content_hash, EvaluationError,
+                            ": its split indices would point at other rows")
         split = run.split()
         rows = split["test"] if cfg.rows == "test" else np.arange(grid.n)
         if rows.size == 0:

@@ -109,13 +109,15 @@ def run_test_rows(run_dir: str | os.PathLike, grid) -> np.ndarray:
     split, info = run_dir / "split.npz", run_dir / "grid.json"
     if not split.is_file():
         raise SimulateError(f"{run_dir}: no split.npz (not a cvae-pms model dir?)")
+    from cvae_pms.model.rundir import RunDirError, check_training_grid, read_npz
+
     if info.is_file():
-        trained_on = json.loads(info.read_text()).get("content_hash")
-        if trained_on and trained_on != grid.content_hash:
-            raise SimulateError(f"{run_dir} was trained on grid {trained_on[:12]}..., but "
-                                f"{grid.path} has content hash {grid.content_hash[:12]}...")
-    with np.load(split) as f:
-        return np.asarray(f["test"], dtype=np.int64)
+        check_training_grid(run_dir, json.loads(info.read_text()).get("content_hash"),
+                            grid.path, grid.content_hash, SimulateError)
+    try:
+        return np.asarray(read_npz(split, run_dir)["test"], dtype=np.int64)
+    except (RunDirError, KeyError) as exc:
+        raise SimulateError(f"{split}: no readable test rows ({exc})") from exc
 
 
 def _grid_rows(grid, rows: str, n: int | None, rng: np.random.Generator, split_seed: int,

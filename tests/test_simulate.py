@@ -197,5 +197,5 @@ def test_rows_from_a_run_split(tmp_path, grid):
     (run / "grid.json").write_text(json.dumps({"content_hash": "0" * 64}))
     res = CliRunner().invoke(main, ["simulate", "--grid", str(grid), "--run", str(run),
                                     "--g-mag", "15", "--out", str(tmp_path / "p.csv")])
-    assert res.exit_code == 1 and "was trained on grid" in res.output
+    assert res.exit_code == 1 and "content hash differs from the grid" in res.output
     assert not (tmp_path / "p.csv").exists()

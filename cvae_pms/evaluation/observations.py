@@ -8,6 +8,7 @@ from typing import Sequence
 import numpy as np
 
 from cvae_pms import params
+from cvae_pms.simulator import draw_g_transits
 
 from .config import EvaluationError, GSetting
 
@@ -79,8 +80,7 @@ def draw_observations(bp0: np.ndarray, rp0: np.ndarray, setting: GSetting,
     the ``model_error`` term as there)."""
     n = len(bp0)
     rng = np.random.default_rng([seed, 100 + index])
-    g = rng.uniform(setting.low, setting.high, n) if setting.is_range else np.full(n, setting.low)
-    nt = rng.integers(int(transits[0]), int(transits[1]) + 1, n)
+    g, nt = draw_g_transits(rng, n, (setting.low, setting.high), transits)
     o = _simulate(bp0, rp0, g, nt, rng, errors_from, teff, model_error)
     return HeldOutObservations(g, nt, o.bp, o.rp, o.bp_cov, o.rp_cov, o.flux_factor)
 

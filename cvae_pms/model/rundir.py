@@ -145,6 +145,17 @@ def _read_json(path: Path, run: Path) -> dict:
         raise RunDirError(f"{path}: damaged, not valid JSON ({exc})") from exc
 
 
+def check_training_grid(run_dir: str | os.PathLike, trained_hash: str | None,
+                        grid_path: str | os.PathLike, content_hash: str,
+                        error: type[Exception] = RunDirError, why: str = "") -> None:
+    """Raise ``error`` when the grid at ``grid_path`` (``content_hash``) is not the one the
+    model dir ``run_dir`` was trained on (``trained_hash`` from its ``grid.json``; empty or None:
+    unknown, accepted). ``why`` is appended to the message (what would go wrong)."""
+    if trained_hash and trained_hash != content_hash:
+        raise error(f"{grid_path}: content hash differs from the grid {run_dir} was trained on "
+                    f"({content_hash[:12]}... vs {trained_hash[:12]}...){why}")
+
+
 def read_npz(path: Path, run: Path | None = None) -> dict[str, np.ndarray]:
     """Every array of an ``.npz`` file of a model dir, read in full (so the zip CRCs are
     checked); :class:`RunDirError` naming the file when it is missing or damaged."""

@@ -33,7 +33,7 @@ def build_ood_index(run_dir: str | os.PathLike, n_ref: int = 4000, n_cal: int = 
     import tensorflow as tf
 
     from cvae_pms.grid.gridfile import GridError, open_grid
-    from cvae_pms.model.rundir import load_run
+    from cvae_pms.model.rundir import check_training_grid, load_run
     from cvae_pms.model.rundir import model_hash as hash_of
     from cvae_pms.simulator import TrainingNoise
     from cvae_pms.xp.noise import NoiseModel
@@ -61,9 +61,8 @@ def build_ood_index(run_dir: str | os.PathLike, n_ref: int = 4000, n_cal: int = 
         raise OODError(f"{run_dir}: split.npz has {train_rows.size} training and "
                        f"{cal_rows.size} test rows; the OOD index needs > {k} and > 0")
     with grid:
-        if grid.content_hash != run.grid_info.get("content_hash", grid.content_hash):
-            raise OODError(f"{run_dir}: the grid at {grid_path} is not the training grid "
-                           f"(content hash differs)")
+        check_training_grid(run_dir, run.grid_info.get("content_hash"), grid_path,
+                            grid.content_hash, OODError)
         prior_unit = params.to_unit(grid.params[np.sort(train_rows)])
         noise_fields = set(NoiseModel.__dataclass_fields__)
         noise_model = NoiseModel.from_dict({key: v for key, v in run.noise.items()
