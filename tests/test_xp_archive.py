@@ -285,3 +285,33 @@ def test_avro_record_problems_are_flagged_per_source(samples, tmp_path):
     batch = read_xp(path)
     assert batch.error.tolist() == ["RP covariance missing", "NaN in BP coefficients"]
     assert not batch.ok.any() and len(batch) == 2
+
+
+def test_one_pass_column_parsing_equals_cell_by_cell_and_falls_back_on_anything_odd():
+    """The whole-column parser gives the same floats as ``float`` per value (round-trip exact)
+    and declines every cell set the per-cell path has to word an error or a NaN for."""
+    from cvae_pms.xp import batch as xb
+
+    rng = np.random.default_rng(3)
+    values = rng.normal(size=(40, 55)) * 10.0 ** rng.integers(-20, 20, size=(40, 55))
+    cells = ["[" + ",".join(repr(float(v)) for v in row) + "]" for row in values]
+    fast = xb.parse_uniform_cells(cells, 55)
+    assert fast is not None and np.array_equal(fast, values)
+    slow = np.array([xb.as_values(c) for c in cells])
+    assert np.array_equal(fast, slow)
+    # the filled array and lengths are what the per-cell path gives
+    out, lengths = xb.fill_cells(cells, 55, "BP coefficients", [[] for _ in cells], required=True)
+    assert np.array_equal(out, values) and (lengths == 55).all()
+    odd = {"null": cells[:3] + ["[" + ",".join(["null"] + ["1.0"] * 54) + "]"],
+           "nan": cells[:3] + ["[" + ",".join(["nan"] + ["1.0"] * 54) + "]"],
+           "short": cells[:3] + ["[" + ",".join(["1.0"] * 54) + "]"],
+           "missing": cells[:3] + [""],
+           "none": cells[:3] + [None],
+           "newline": cells[:3] + ["[" + ",".join(["1.0"] * 27 + ["1.0\n2.0"] + ["1.0"] * 26) + "]"],
+           "array": [np.ones(55)] * 4}
+    for name, case in odd.items():
+        assert xb.parse_uniform_cells(case, 55) is None, name
+    errors = [[] for _ in range(4)]
+    out, lengths = xb.fill_cells(odd["short"], 55, "BP coefficients", errors, required=True)
+    assert np.array_equal(out[:3], values[:3]) and np.isnan(out[3]).all()
+    assert errors[3] == ["BP coefficients: 54 values, expected 55"] and lengths[3] == 54

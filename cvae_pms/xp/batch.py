@@ -163,10 +163,42 @@ def as_scalar(value: Any) -> float:
 
 
 # ----------------------------------------------------------------------------- batch assembly
+def parse_uniform_cells(cells: Sequence[Any], width: int) -> np.ndarray | None:
+    """Text cells that all hold exactly ``width`` plain numbers -> (m, width) float64, else None.
+
+    One pass of pandas' C float parser over the whole column (round-trip exact, as ``float``),
+    about 3x faster than parsing cell by cell. Anything else (missing cells, archive ``null``s,
+    wrong lengths, non-text cells) returns None, and :func:`fill_cells` parses cell by cell and
+    words the per-source errors.
+    """
+    m = len(cells)
+    if m == 0 or width < 2 or not all(isinstance(c, str) for c in cells):
+        return None
+    texts = [c.strip().strip("()[]").strip() for c in cells]
+    if any(t.count(",") != width - 1 for t in texts):
+        return None
+    joined = "\n".join(texts)
+    if joined.count("\n") != m - 1 or '"' in joined or "\r" in joined:
+        return None
+    import io
+
+    import pandas as pd
+
+    try:
+        values = pd.read_csv(io.StringIO(joined), header=None, dtype=np.float64, na_filter=False,
+                             skip_blank_lines=False, engine="c").to_numpy()
+    except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError):
+        return None
+    return values if values.shape == (m, width) else None
+
+
 def fill_cells(cells: Sequence[Any], width: int, what: str, errors: list[list[str]],
                required: bool) -> tuple[np.ndarray, np.ndarray]:
     """Cells -> (m, width) array (NaN rows where unusable) and (m,) lengths (0: missing)."""
     m = len(cells)
+    fast = parse_uniform_cells(cells, width)
+    if fast is not None:
+        return fast, np.full(m, width, dtype=int)
     out = np.full((m, width), np.nan)
     lengths = np.zeros(m, dtype=int)
     for i, cell in enumerate(cells):
