@@ -280,18 +280,20 @@ def _reference_js(ref_dir: str, run, post, npe, out: Path, seed: int) -> dict:
 
 def _corner(k: int, ref, cv, sb, truth, path: Path) -> None:
     import corner
-    import matplotlib
-    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     from cvae_pms import params
-    fig = corner.corner(ref, color="k", labels=[p.label for p in params.PARAMS],
-                        range=[(0, 1)] * 7, truths=truth, plot_datapoints=False,
-                        plot_density=False, levels=(0.68, 0.95), bins=30)
-    corner.corner(cv, fig=fig, color="C0", range=[(0, 1)] * 7, plot_datapoints=False,
-                  plot_density=False, levels=(0.68, 0.95), bins=30)
-    corner.corner(sb, fig=fig, color="C3", range=[(0, 1)] * 7, plot_datapoints=False,
-                  plot_density=False, levels=(0.68, 0.95), bins=30)
-    fig.suptitle(f"star {k}: reference (black), CVAE (blue), sbi NPE (red); unit box")
-    fig.savefig(path, dpi=80)
+    from cvae_pms.plots import plain_text
+    style = dict(range=[(0, 1)] * 7, plot_datapoints=False, plot_density=False,
+                 levels=(0.68, 0.95), bins=30)
+    with plain_text():    # gaiaxpy's import turns on usetex, which needs LaTeX installed
+        fig = corner.corner(ref, color="k", labels=[p.label for p in params.PARAMS],
+                            truths=truth, **style)
+        corner.corner(cv, fig=fig, color="C0", **style)
+        corner.corner(sb, fig=fig, color="C3", **style)
+        fig.suptitle(f"star {k}: reference (black), CVAE (blue), sbi NPE (red); unit box")
+        fig.savefig(path, dpi=80)
+        plt.close(fig)
 
 
 def _markdown(g: float, res: dict) -> list[str]:
