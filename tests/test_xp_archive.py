@@ -315,3 +315,25 @@ def test_one_pass_column_parsing_equals_cell_by_cell_and_falls_back_on_anything_
     out, lengths = xb.fill_cells(odd["short"], 55, "BP coefficients", errors, required=True)
     assert np.array_equal(out[:3], values[:3]) and np.isnan(out[3]).all()
     assert errors[3] == ["BP coefficients: 54 values, expected 55"] and lengths[3] == 54
+
+
+def test_missing_cells_keep_the_one_pass_parse_for_the_rest(monkeypatch):
+    """A chunk with missing sources ("" or None cells) parses its full cells in one pass and
+    words the missing ones exactly as the cell-by-cell path does."""
+    from cvae_pms.xp import batch as xb
+
+    values = np.random.default_rng(4).normal(size=(5, 55))
+    cells = ["[" + ",".join(repr(float(v)) for v in row) + "]" for row in values]
+    cells[1], cells[3] = "", None
+    calls = []
+    real = xb._parse_texts
+    monkeypatch.setattr(xb, "_parse_texts", lambda t, w: calls.append(len(t)) or real(t, w))
+    errors = [[] for _ in cells]
+    out, lengths = xb.fill_cells(cells, 55, "BP coefficients", errors, required=True)
+    assert calls == [3]
+    monkeypatch.setattr(xb, "_parse_texts", lambda t, w: None)       # the cell-by-cell path
+    errors_slow = [[] for _ in cells]
+    out_slow, lengths_slow = xb.fill_cells(cells, 55, "BP coefficients", errors_slow, required=True)
+    assert np.array_equal(out, out_slow, equal_nan=True) and np.array_equal(lengths, lengths_slow)
+    assert errors == errors_slow == [[], ["BP coefficients missing"], [], ["BP coefficients missing"], []]
+    assert np.array_equal(out[[0, 2, 4]], values[[0, 2, 4]]) and lengths.tolist() == [55, 0, 55, 0, 55]

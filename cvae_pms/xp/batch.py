@@ -122,13 +122,17 @@ _MISSING_STRINGS = {"", "--", "nan", "null", "none", "()", "[]"}
 _NULL = re.compile(r"\bnull\b", re.IGNORECASE)
 
 
+def _cell_text(text: str) -> str:
+    """An array cell's text without surrounding blanks and brackets: ``"[1, 2]"`` -> ``"1, 2"``."""
+    return text.strip().strip("()[]").strip()
+
+
 def as_values(value: Any) -> np.ndarray | None:
     """One cell -> 1-D float array, or None when the cell is empty/missing."""
     if value is None:
         return None
     if isinstance(value, (bytes, str)):
-        text = value.decode() if isinstance(value, bytes) else value
-        text = text.strip().strip("()[]").strip()
+        text = _cell_text(value.decode() if isinstance(value, bytes) else value)
         if text.lower() in _MISSING_STRINGS:
             return None
         try:                                # the common case: plain numbers
@@ -171,11 +175,15 @@ def parse_uniform_cells(cells: Sequence[Any], width: int) -> np.ndarray | None:
     wrong lengths, non-text cells) returns None, and :func:`fill_cells` parses cell by cell and
     words the per-source errors.
     """
-    m = len(cells)
-    if m == 0 or width < 2 or not all(isinstance(c, str) for c in cells):
+    if not all(isinstance(c, str) for c in cells):
         return None
-    texts = [c.strip().strip("()[]").strip() for c in cells]
-    if any(t.count(",") != width - 1 for t in texts):
+    return _parse_texts([_cell_text(c) for c in cells], width)
+
+
+def _parse_texts(texts: Sequence[str], width: int) -> np.ndarray | None:
+    """:func:`parse_uniform_cells` on cell texts already passed through :func:`_cell_text`."""
+    m = len(texts)
+    if m == 0 or width < 2 or any(t.count(",") != width - 1 for t in texts):
         return None
     joined = "\n".join(texts)
     if joined.count("\n") != m - 1 or '"' in joined or "\r" in joined:
@@ -194,14 +202,27 @@ def parse_uniform_cells(cells: Sequence[Any], width: int) -> np.ndarray | None:
 
 def fill_cells(cells: Sequence[Any], width: int, what: str, errors: list[list[str]],
                required: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Cells -> (m, width) array (NaN rows where unusable) and (m,) lengths (0: missing)."""
+    """Cells -> (m, width) array (NaN rows where unusable) and (m,) lengths (0: missing).
+
+    The text cells that are not empty go through one :func:`_parse_texts` pass, so a chunk
+    with a few missing sources (empty cells, or None for a band already flagged) keeps the
+    fast path; if that pass declines, and for every other cell, :func:`as_values` parses cell
+    by cell and the messages name each problem.
+    """
     m = len(cells)
-    fast = parse_uniform_cells(cells, width)
-    if fast is not None:
-        return fast, np.full(m, width, dtype=int)
+    texts = [_cell_text(c) if isinstance(c, str) else None for c in cells]
+    filled = [i for i, t in enumerate(texts) if t is not None and t.lower() not in _MISSING_STRINGS]
+    fast = _parse_texts([texts[i] for i in filled], width) if filled else None
     out = np.full((m, width), np.nan)
     lengths = np.zeros(m, dtype=int)
-    for i, cell in enumerate(cells):
+    rest: Sequence[int] = range(m)
+    if fast is not None:
+        out[filled] = fast
+        lengths[filled] = width
+        done = set(filled)
+        rest = [i for i in range(m) if i not in done]
+    for i in rest:
+        cell = cells[i]
         try:
             values = as_values(cell)
         except ValueError as exc:
