@@ -38,16 +38,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import tensorflow as tf
+from keras import ops
+
+from cvae_pms import backend
+from cvae_pms.backend import Tensor
 from cvae_pms.errors import CvaePmsError
 
 #: Bump when anything in the feature computation changes (models refuse other versions).
 FEATURE_VERSION = 1
 N_COEFF = 55
+_LN10 = math.log(10.0)
 N_PIXELS = 343
 N_FEATURES = 2 * N_PIXELS
 #: Luminosity inputs appended when enabled: value, error, flag.
@@ -138,7 +143,7 @@ class FeatureSpec:
 
 
 class Featuriser:
-    """TF feature map built from a :class:`FeatureSpec` and the design matrices.
+    """Feature map (``keras.ops``, any backend) built from a :class:`FeatureSpec` and the design matrices.
 
     Example:
         >>> f = Featuriser(FeatureSpec(model_error_frac=np.full(343, 0.005)))  # doctest: +SKIP
@@ -156,11 +161,11 @@ class Featuriser:
         # Scale the matrices so that a unit zero-order coefficient gives flux ~1.
         self.a_scale = float(np.mean(np.abs(a_bp[0]) + np.abs(a_rp[0])))
         self.log10_a_scale = float(np.log10(self.a_scale))
-        self.a_bp = tf.constant(a_bp / self.a_scale, tf.float32)
-        self.a_rp = tf.constant(a_rp / self.a_scale, tf.float32)
-        self.me_frac = tf.constant(spec.model_error_frac, tf.float32)
+        self.a_bp = ops.convert_to_tensor(a_bp / self.a_scale, "float32")
+        self.a_rp = ops.convert_to_tensor(a_rp / self.a_scale, "float32")
+        self.me_frac = ops.convert_to_tensor(spec.model_error_frac, "float32")
         self.set_standardisation(spec.mean, spec.std)
-        self._numpy_fn = tf.function(self.features, reduce_retracing=True)
+        self._numpy_fn = backend.compile_fn(self.features, static_argnames=("standardise",))
 
     def set_standardisation(self, mean: np.ndarray, std: np.ndarray) -> None:
         """Set the feature mean/std (:attr:`FeatureSpec.y_dim`,) (also stored in the spec)."""
@@ -170,78 +175,78 @@ class Featuriser:
                                f"({self.spec.y_dim},)")
         std = np.where(std > 1e-6, std, 1.0)
         self.spec.mean, self.spec.std = mean, std
-        self.mean = tf.constant(mean[:N_FEATURES], tf.float32)
-        self.std = tf.constant(std[:N_FEATURES], tf.float32)
-        self.lum_mean = tf.constant(np.r_[mean, 0.0, 0.0][N_FEATURES:N_FEATURES + 2], tf.float32)
-        self.lum_std = tf.constant(np.r_[std, 1.0, 1.0][N_FEATURES:N_FEATURES + 2], tf.float32)
+        self.mean = ops.convert_to_tensor(mean[:N_FEATURES], "float32")
+        self.std = ops.convert_to_tensor(std[:N_FEATURES], "float32")
+        self.lum_mean = ops.convert_to_tensor(np.r_[mean, 0.0, 0.0][N_FEATURES:N_FEATURES + 2], "float32")
+        self.lum_std = ops.convert_to_tensor(np.r_[std, 1.0, 1.0][N_FEATURES:N_FEATURES + 2], "float32")
 
-    # -- TF pieces ---------------------------------------------------------------------
-    def scaled_flux(self, bp: tf.Tensor, rp: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    # -- tensor pieces (keras.ops, any backend) ---------------------------------------------------------------------
+    def scaled_flux(self, bp: Tensor, rp: Tensor) -> tuple[Tensor, Tensor]:
         """Flux in per-source units (n, 343) and log10 of the unit in W m^-2 nm^-1 (n,)."""
-        bp = tf.cast(bp, tf.float32)
-        rp = tf.cast(rp, tf.float32)
-        s = tf.abs(bp[:, 0]) + tf.abs(rp[:, 0]) + 1e-30
+        bp = ops.cast(bp, "float32")
+        rp = ops.cast(rp, "float32")
+        s = ops.abs(bp[:, 0]) + ops.abs(rp[:, 0]) + 1e-30
         flux = (bp / s[:, None]) @ self.a_bp + (rp / s[:, None]) @ self.a_rp
-        return flux, tf.math.log(s) / tf.math.log(10.0) + self.log10_a_scale
+        return flux, ops.log(s) / _LN10 + self.log10_a_scale
 
-    def flux_variance(self, bp: tf.Tensor, rp: tf.Tensor, bp_cov: tf.Tensor, rp_cov: tf.Tensor
-                      ) -> tf.Tensor:
+    def flux_variance(self, bp: Tensor, rp: Tensor, bp_cov: Tensor, rp_cov: Tensor
+                      ) -> Tensor:
         """Per-pixel variance (n, 343) of the propagated coefficient covariance, same units
         as :meth:`scaled_flux` (without the model error)."""
-        bp = tf.cast(bp, tf.float32)
-        rp = tf.cast(rp, tf.float32)
-        s2 = tf.square(tf.abs(bp[:, 0]) + tf.abs(rp[:, 0]) + 1e-30)[:, None, None]
+        bp = ops.cast(bp, "float32")
+        rp = ops.cast(rp, "float32")
+        s2 = ops.square(ops.abs(bp[:, 0]) + ops.abs(rp[:, 0]) + 1e-30)[:, None, None]
         out = 0.0
         for cov, a in ((bp_cov, self.a_bp), (rp_cov, self.a_rp)):
-            ca = tf.einsum("nij,jp->nip", tf.cast(cov, tf.float32) / s2, a)
-            out += tf.reduce_sum(ca * a[None], axis=1)
-        return tf.maximum(out, 0.0)
+            ca = ops.einsum("nij,jp->nip", ops.cast(cov, "float32") / s2, a)
+            out += ops.sum(ca * a[None], axis=1)
+        return ops.maximum(out, 0.0)
 
-    def flux_variance_from_information(self, bp: tf.Tensor, rp: tf.Tensor,
-                                       chols: tuple[tf.Tensor, tf.Tensor]) -> tf.Tensor:
+    def flux_variance_from_information(self, bp: Tensor, rp: Tensor,
+                                       chols: tuple[Tensor, Tensor]) -> Tensor:
         """:meth:`flux_variance` from the Cholesky factors ``L_F`` (n, 55, 55) float64 of the
         Fisher matrices instead of the covariances: ``Cov = L_F^-T L_F^-1``, so
         ``diag(A^T Cov A)`` is the column sum of ``(L_F^-1 A)^2``. ``L_F^-1`` comes from one
         float64 triangular solve; the product with ``A`` and the sum of squares (positive
         terms only, no cancellation) run in float32. Used by the training noise path."""
-        s = tf.abs(tf.cast(bp[:, 0], tf.float64)) + tf.abs(tf.cast(rp[:, 0], tf.float64)) + 1e-30
+        s = ops.abs(ops.cast(bp[:, 0], "float64")) + ops.abs(ops.cast(rp[:, 0], "float64")) + 1e-30
         out = 0.0
         for chol, a in zip(chols, (self.a_bp, self.a_rp)):
-            eye = tf.eye(N_COEFF, batch_shape=tf.shape(chol)[:1], dtype=tf.float64)
-            inv = tf.linalg.triangular_solve(chol, eye, lower=True) / s[:, None, None]
-            out += tf.reduce_sum(tf.square(tf.cast(inv, tf.float32) @ a), axis=1)
+            eye = ops.zeros_like(chol) + ops.eye(N_COEFF, dtype="float64")
+            inv = ops.solve_triangular(chol, eye, lower=True) / s[:, None, None]
+            out += ops.sum(ops.square(ops.cast(inv, "float32") @ a), axis=1)
         return out
 
-    def model_error_variance(self, flux: tf.Tensor) -> tf.Tensor:
+    def model_error_variance(self, flux: Tensor) -> Tensor:
         """Model-error variance (n, 343) of a flux in the same units."""
-        return tf.square(self.me_frac * flux)
+        return ops.square(self.me_frac * flux)
 
-    def from_flux(self, flux: tf.Tensor, variance: tf.Tensor, log10_unit: tf.Tensor,
-                  standardise: bool = True) -> tuple[tf.Tensor, tf.Tensor]:
+    def from_flux(self, flux: Tensor, variance: Tensor, log10_unit: Tensor,
+                  standardise: bool = True) -> tuple[Tensor, Tensor]:
         """Features (n, 686) and log10 norm [W m^-2 nm^-1] (n,) from flux + total variance."""
-        norm = tf.reduce_mean(flux, axis=-1)
-        floor = 1e-6 * tf.reduce_max(tf.abs(flux), axis=-1) + 1e-30
-        norm = tf.maximum(norm, floor)
+        norm = ops.mean(flux, axis=-1)
+        floor = 1e-6 * ops.max(ops.abs(flux), axis=-1) + 1e-30
+        norm = ops.maximum(norm, floor)
         rel = flux / norm[:, None]
         lo, hi = self.spec.relnoise_clip
-        relnoise = tf.clip_by_value(
-            0.5 * tf.math.log(variance + 1e-30) / tf.math.log(10.0)
-            - tf.math.log(norm)[:, None] / tf.math.log(10.0), lo, hi)
-        y = tf.concat([rel, relnoise], axis=-1)
+        relnoise = ops.clip(
+            0.5 * ops.log(variance + 1e-30) / _LN10
+            - ops.log(norm)[:, None] / _LN10, lo, hi)
+        y = ops.concatenate([rel, relnoise], axis=-1)
         if standardise:
             y = (y - self.mean) / self.std
-        log10_norm = tf.math.log(norm) / tf.math.log(10.0) + log10_unit
+        log10_norm = ops.log(norm) / _LN10 + log10_unit
         return y, log10_norm
 
-    def features(self, bp: tf.Tensor, rp: tf.Tensor, bp_cov: tf.Tensor, rp_cov: tf.Tensor,
-                 standardise: bool = True) -> tuple[tf.Tensor, tf.Tensor]:
+    def features(self, bp: Tensor, rp: Tensor, bp_cov: Tensor, rp_cov: Tensor,
+                 standardise: bool = True) -> tuple[Tensor, Tensor]:
         """Features (n, 686) and log10 norm (n,) of observed coefficients + covariances."""
         flux, log10_unit = self.scaled_flux(bp, rp)
         var = self.flux_variance(bp, rp, bp_cov, rp_cov) + self.model_error_variance(flux)
         return self.from_flux(flux, var, log10_unit, standardise)
 
-    def sampled_features(self, flux: tf.Tensor, flux_error: tf.Tensor, log10_unit: tf.Tensor,
-                         standardise: bool = True) -> tuple[tf.Tensor, tf.Tensor]:
+    def sampled_features(self, flux: Tensor, flux_error: Tensor, log10_unit: Tensor,
+                         standardise: bool = True) -> tuple[Tensor, Tensor]:
         """Features (n, 686) and log10 norm (n,) of a *sampled* spectrum (sampled input).
 
         ``flux``, ``flux_error`` (n, 343): the calibrated flux and its per-pixel error in a
@@ -253,20 +258,20 @@ class Featuriser:
         rounding); what it cannot carry is the pixel-to-pixel correlation, which the features
         do not use.
         """
-        flux = tf.cast(flux, tf.float32)
-        var = tf.square(tf.cast(flux_error, tf.float32)) + self.model_error_variance(flux)
-        return self.from_flux(flux, var, tf.cast(log10_unit, tf.float32), standardise)
+        flux = ops.cast(flux, "float32")
+        var = ops.square(ops.cast(flux_error, "float32")) + self.model_error_variance(flux)
+        return self.from_flux(flux, var, ops.cast(log10_unit, "float32"), standardise)
 
-    def luminosity_inputs(self, value: tf.Tensor, error: tf.Tensor, present: tf.Tensor
-                          ) -> tf.Tensor:
+    def luminosity_inputs(self, value: Tensor, error: Tensor, present: Tensor
+                          ) -> Tensor:
         """The 3 luminosity inputs (n, 3): standardised value and error (0 when missing), flag.
 
         ``value`` [dex], ``error`` [dex], ``present`` (bool) (n,) from
         :func:`cvae_pms.astrometry.luminosity_channel` (or its TF twin).
         """
-        raw = tf.stack([tf.cast(value, tf.float32), tf.cast(error, tf.float32)], axis=-1)
-        flag = tf.cast(present, tf.float32)[:, None]
-        return tf.concat([(raw - self.lum_mean) / self.lum_std * flag, flag], axis=-1)
+        raw = ops.stack([ops.cast(value, "float32"), ops.cast(error, "float32")], axis=-1)
+        flag = ops.cast(present, "float32")[:, None]
+        return ops.concatenate([(raw - self.lum_mean) / self.lum_std * flag, flag], axis=-1)
 
     # -- numpy entry -------------------------------------------------------------------
     def numpy(self, bp: np.ndarray, rp: np.ndarray, bp_cov: np.ndarray, rp_cov: np.ndarray,
@@ -282,8 +287,8 @@ class Featuriser:
         if args[2].shape != args[0].shape + (N_COEFF,) or args[3].shape != args[2].shape:
             raise FeatureError(f"expected covariances of shape (n, {N_COEFF}, {N_COEFF}), got "
                                f"{args[2].shape}, {args[3].shape}")
-        y, lg = self._numpy_fn(*[tf.constant(a) for a in args], standardise=standardise)
-        return y.numpy(), lg.numpy()
+        y, lg = self._numpy_fn(*args, standardise=standardise)
+        return backend.to_numpy(y), backend.to_numpy(lg)
 
     def numpy_with_luminosity(self, bp: np.ndarray, rp: np.ndarray, bp_cov: np.ndarray,
                               rp_cov: np.ndarray, parallax_mas: np.ndarray | None = None,
@@ -321,12 +326,12 @@ class Featuriser:
         unit = np.where(np.isfinite(unit) & (unit > 0), unit, 1.0)
         fn = self.__dict__.get("_sampled_fn")
         if fn is None:
-            fn = self.__dict__["_sampled_fn"] = tf.function(self.sampled_features,
-                                                            reduce_retracing=True)
-        y, lg = fn(tf.constant((flux / unit[:, None]).astype(np.float32)),
-                   tf.constant((err / unit[:, None]).astype(np.float32)),
-                   tf.constant(np.log10(unit).astype(np.float32)), standardise=standardise)
-        return y.numpy(), lg.numpy()
+            fn = self.__dict__["_sampled_fn"] = backend.compile_fn(
+                self.sampled_features, static_argnames=("standardise",))
+        y, lg = fn((flux / unit[:, None]).astype(np.float32),
+                   (err / unit[:, None]).astype(np.float32),
+                   np.log10(unit).astype(np.float32), standardise=standardise)
+        return backend.to_numpy(y), backend.to_numpy(lg)
 
     def numpy_sampled_with_luminosity(self, flux: np.ndarray, flux_error: np.ndarray,
                                       parallax_mas: np.ndarray | None = None,
@@ -351,6 +356,5 @@ class Featuriser:
         plx = nan if parallax_mas is None else np.asarray(parallax_mas, np.float64)
         err = nan if parallax_error_mas is None else np.asarray(parallax_error_mas, np.float64)
         value, error, present = luminosity_channel(lg, plx, err, zero_point_mas, min_over_error)
-        lum = self.luminosity_inputs(tf.constant(value, tf.float32),
-                                     tf.constant(error, tf.float32), tf.constant(present)).numpy()
+        lum = backend.to_numpy(self.luminosity_inputs(value, error, present))
         return np.concatenate([y, lum], axis=1), lg, present

@@ -55,23 +55,32 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
 from cvae_pms import __version__
+
+if TYPE_CHECKING:
+    from cvae_pms.model.sampler import KeyedSampler
 from cvae_pms import posterior_file as pf
 from cvae_pms import resume as resuming
 from cvae_pms.inference.batch import ParallaxOptions, infer_batch
 from cvae_pms.inference.checks import DuplicateSourceIdWarning, _flag_duplicates, _warn, check_paths
 from cvae_pms.inference.model import InferError, Model, cached_model, load_model, sample_sources
-from cvae_pms.inference.sampling import (KEYED_BATCH, KeyedSampler, keyed_sampler, keyed_samples,
-                                     source_seeds)
+from cvae_pms.inference.sampling import KEYED_BATCH, keyed_sampler, keyed_samples, source_seeds
 
 __all__ = ["KEYED_BATCH", "DuplicateSourceIdWarning", "InferError", "InferResult",
            "KeyedSampler", "Model", "ParallaxOptions", "cached_model", "check_paths", "infer",
            "infer_batch", "keyed_sampler", "keyed_samples", "load_model", "sample_sources",
            "source_seeds"]
+
+
+def __getattr__(name):   # lazy: importing this module must not import Keras (backend choice)
+    if name == "KeyedSampler":
+        from cvae_pms.model.sampler import KeyedSampler
+        return KeyedSampler
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass

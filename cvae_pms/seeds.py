@@ -27,3 +27,10 @@ def keyed_state(seed: int, keys: np.ndarray, salt: int = 0) -> np.ndarray:
     with np.errstate(over="ignore"):
         return (np.asarray(keys, dtype=np.int64).astype(np.uint64)
                 ^ (np.uint64(seed) * GAMMA + np.uint64(salt)))
+
+
+def source_seeds(seed: int, source_id: np.ndarray) -> np.ndarray:
+    """Per-source sampler keys (n,) int64 >= 0: splitmix64 of (seed, source_id)."""
+    with np.errstate(over="ignore"):
+        x = mix64(keyed_state(seed, source_id) + GAMMA)
+    return (x >> np.uint64(1)).astype(np.int64)

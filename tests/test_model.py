@@ -10,9 +10,30 @@ import tensorflow_probability as tfp
 
 from cvae_pms.diagnostics import metrics
 from cvae_pms.model.cvae import (DECODER_LOGVAR, LATENT_LOGVAR, Annealing, bounded, cvae_terms,
-                                 prior_distribution, training_loss)
+                                 decoder_log_prob, decoder_moments, prior_log_prob,
+                                 training_loss)
 from cvae_pms.model.networks import NetworkConfig, build_networks, whitening_matrix
 from cvae_pms.model.sampler import PosteriorSampler, truncated_normal_icdf
+
+tfd = tfp.distributions
+
+
+def _eps(n: int, latent: int, seed) -> tf.Tensor:
+    return tf.random.stateless_normal((n, latent), seed=seed)
+
+
+def tfp_prior(logits, loc, logvar_raw):
+    """TFP's mixture of diagonal Gaussians: the independent reference of r1."""
+    scale = tf.exp(0.5 * bounded(logvar_raw, *LATENT_LOGVAR))
+    return tfd.MixtureSameFamily(tfd.Categorical(logits=logits),
+                                 tfd.MultivariateNormalDiag(loc=loc, scale_diag=scale))
+
+
+def tfp_decoder(mean_raw, logvar_raw, low=0.0, high=1.0):
+    """TFP's truncated normals: the independent reference of r2."""
+    loc, scale = decoder_moments(mean_raw, logvar_raw)
+    return tfd.Independent(tfd.TruncatedNormal(loc, scale, low, high), reinterpreted_batch_ndims=1)
+
 
 SMALL = dict(y_dim=20, trunk=(32, 32), latent=3, components=4, r1_hidden=(16,),
              q_hidden=(16,), r2_hidden=(16, 16))
@@ -114,7 +135,7 @@ def test_monte_carlo_kl_matches_closed_form_for_one_component():
     net = build_networks(cfg, seed=0)
     y = tf.random.normal((64, 20), seed=4)
     x = tf.random.uniform((64, 7), seed=5)
-    kls = [float(cvae_terms(net, y, x, tf.constant([7, i]))[1]) for i in range(200)]
+    kls = [float(cvae_terms(net, y, x, _eps(64, 3, [7, i]))[1]) for i in range(200)]
     h = net.encode(y)
     logits, loc, logvar = net.prior_params(h)
     q_loc, q_lv = net.posterior_params(h, x)
@@ -145,7 +166,7 @@ def test_prior_warmup_term_reaches_only_r1():
     net = build_networks(NetworkConfig(**SMALL), seed=2)
     y = tf.random.normal((64, 20), seed=11)
     x = tf.random.uniform((64, 7), seed=12)
-    seed = tf.constant([3, 4])
+    seed = _eps(64, 3, [3, 4])
 
     warm = _grads_by_part(net, lambda: cvae_terms(net, y, x, seed, with_prior_fit=True)[2])
     leaks = {p: sum(np.count_nonzero(g) for g in warm[p]) for p in ("q", "r2")}
@@ -174,8 +195,29 @@ def test_loss_terms_finite_with_targets_on_the_bounds():
     net = build_networks(NetworkConfig(**SMALL), seed=1)
     x = tf.constant(np.r_[np.zeros((1, 7)), np.ones((1, 7)), 1.0 + 1e-7 * np.ones((1, 7))],
                     tf.float32)
-    h_loss, kl = cvae_terms(net, tf.random.normal((3, 20)), x, tf.constant([1, 1]))
+    h_loss, kl = cvae_terms(net, tf.random.normal((3, 20)), x, _eps(3, 3, [1, 1]))
     assert np.isfinite(h_loss.numpy()) and np.isfinite(kl.numpy())
+
+
+def test_log_probs_match_tfp():
+    """r1's mixture and r2's truncated-normal log densities (keras.ops, any backend) equal
+    TFP's, also with the wide bounds of the truncation ramp and locations on the box edges."""
+    rng = np.random.default_rng(3)
+    logits = tf.constant(rng.normal(size=(50, 4)), tf.float32)
+    loc = tf.constant(rng.normal(size=(50, 4, 3)), tf.float32)
+    lv = tf.constant(rng.normal(0, 3, size=(50, 4, 3)), tf.float32)
+    z = tf.constant(rng.normal(size=(50, 3)), tf.float32)
+    np.testing.assert_allclose(prior_log_prob(logits, loc, lv, z).numpy(),
+                               tfp_prior(logits, loc, lv).log_prob(z).numpy(), rtol=1e-5,
+                               atol=1e-5)
+    mean_raw = tf.constant(np.r_[rng.normal(0, 3, size=(48, 7)), np.full((2, 7), 30.0)]
+                           * np.r_[np.ones(49), -1.0][:, None], tf.float32)
+    dec_lv = tf.constant(rng.normal(0, 4, size=(50, 7)), tf.float32)
+    x = tf.constant(rng.uniform(size=(50, 7)), tf.float32)
+    for low, high in ((0.0, 1.0), (-10.0, 11.0), (-2.5, 3.0)):
+        np.testing.assert_allclose(decoder_log_prob(mean_raw, dec_lv, x, low, high).numpy(),
+                                   tfp_decoder(mean_raw, dec_lv, low, high).log_prob(x).numpy(),
+                                   rtol=2e-5, atol=2e-4)
 
 
 def test_inverse_cdf_truncated_normal_matches_tfp():
@@ -200,11 +242,10 @@ def test_sampler_component_first_matches_the_mixture_and_is_deterministic():
     # reference: TFP's mixture sampler + TFP truncated normal, same networks
     h = net.encode(tf.constant(y))
     logits, loc, logvar = net.prior_params(h)
-    z = prior_distribution(logits, loc, logvar).sample(4000, seed=3)       # (S, n, L)
+    z = tfp_prior(logits, loc, logvar).sample(4000, seed=3)       # (S, n, L)
     z = tf.transpose(z, (1, 0, 2))
     mean, lv = net.decode_from_y_part(net.decoder_y_part(h)[:, None, :], z)
-    from cvae_pms.model.cvae import decoder_distribution
-    ref = decoder_distribution(mean, lv).sample(seed=4).numpy()
+    ref = tfp_decoder(mean, lv).sample(seed=4).numpy()
     np.testing.assert_allclose(a.mean(1), ref.mean(1), atol=0.02)
     np.testing.assert_allclose(a.std(1), ref.std(1), atol=0.02)
 

@@ -3,6 +3,8 @@
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import os
 import threading
 from dataclasses import dataclass
@@ -11,7 +13,10 @@ from pathlib import Path
 import numpy as np
 
 from cvae_pms.errors import CvaePmsError
-from cvae_pms.inference.sampling import KEYED_BATCH, KeyedSampler, keyed_sampler, keyed_samples
+
+if TYPE_CHECKING:
+    from cvae_pms.model.sampler import KeyedSampler
+from cvae_pms.inference.sampling import KEYED_BATCH, keyed_sampler, keyed_samples
 from cvae_pms.ood import OODError, OODIndex, load_run_ood_index
 
 

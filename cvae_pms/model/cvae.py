@@ -11,12 +11,10 @@ import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
-import tensorflow as tf
-import tensorflow_probability as tfp
+from keras import ops
 
+from cvae_pms.backend import Tensor
 from cvae_pms.model.networks import CVAENetworks
-
-tfd = tfp.distributions
 
 #: Smooth bounds of the log-variances (natural log): decoder and latent.
 DECODER_LOGVAR = (-14.0, 0.0)
@@ -25,9 +23,9 @@ LATENT_LOGVAR = (-7.0, 1.0)
 RAMP_START_BOUNDS = (-10.0, 11.0)
 
 
-def bounded(raw: tf.Tensor, low: float, high: float) -> tf.Tensor:
+def bounded(raw: Tensor, low: float, high: float) -> Tensor:
     """Squash ``raw`` smoothly into ``(low, high)`` with a sigmoid."""
-    return low + (high - low) * tf.sigmoid(raw)
+    return low + (high - low) * ops.sigmoid(raw)
 
 
 @dataclass(frozen=True)
@@ -73,62 +71,69 @@ class Annealing:
         return asdict(self)
 
 
-def prior_distribution(logits: tf.Tensor, loc: tf.Tensor, logvar_raw: tf.Tensor
-                       ) -> tfd.Distribution:
-    """r1(z|y): Gaussian mixture with diagonal components."""
-    scale = tf.exp(0.5 * bounded(logvar_raw, *LATENT_LOGVAR))
-    return tfd.MixtureSameFamily(tfd.Categorical(logits=logits),
-                                 tfd.MultivariateNormalDiag(loc=loc, scale_diag=scale))
+_LOG_2PI = math.log(2 * math.pi)
 
 
-def decoder_moments(mean_raw: tf.Tensor, logvar_raw: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+def _normal_log_pdf(x: Tensor, loc: Tensor, scale: Tensor) -> Tensor:
+    return -0.5 * ops.square((x - loc) / scale) - ops.log(scale) - 0.5 * _LOG_2PI
+
+
+def prior_log_prob(logits: Tensor, loc: Tensor, logvar_raw: Tensor, z: Tensor) -> Tensor:
+    """log r1(z|y) (n,) of latents z (n, L): the Gaussian mixture (logits (n, K), means and raw
+    log-variances (n, K, L)) with diagonal components."""
+    scale = ops.exp(0.5 * bounded(logvar_raw, *LATENT_LOGVAR))
+    comp = ops.sum(_normal_log_pdf(z[:, None, :], loc, scale), axis=-1)        # (n, K)
+    return ops.logsumexp(ops.log_softmax(logits, axis=-1) + comp, axis=-1)
+
+
+def decoder_moments(mean_raw: Tensor, logvar_raw: Tensor) -> tuple[Tensor, Tensor]:
     """r2's location (sigmoid, in [0, 1]) and scale from the raw network outputs."""
-    return tf.sigmoid(mean_raw), tf.exp(0.5 * bounded(logvar_raw, *DECODER_LOGVAR))
+    return ops.sigmoid(mean_raw), ops.exp(0.5 * bounded(logvar_raw, *DECODER_LOGVAR))
 
 
-def decoder_distribution(mean_raw: tf.Tensor, logvar_raw: tf.Tensor,
-                         low: tf.Tensor | float = 0.0, high: tf.Tensor | float = 1.0
-                         ) -> tfd.Distribution:
-    """r2(x|z,y): independent truncated normals on [low, high] for the 7 scaled parameters."""
+def decoder_log_prob(mean_raw: Tensor, logvar_raw: Tensor, x: Tensor,
+                     low: Tensor | float = 0.0, high: Tensor | float = 1.0) -> Tensor:
+    """log r2(x|z,y) (...,): independent normals truncated to [low, high] for the 7 scaled
+    parameters, x inside the bounds. The location is inside [0, 1] and the bounds contain
+    [0, 1], so the normaliser Phi(b) - Phi(a) is >= 0.34 and needs no tail care."""
     loc, scale = decoder_moments(mean_raw, logvar_raw)
-    low = tf.cast(low, loc.dtype)
-    high = tf.cast(high, loc.dtype)
-    return tfd.Independent(tfd.TruncatedNormal(loc, scale, low, high),
-                           reinterpreted_batch_ndims=1)
+    low = ops.cast(low, loc.dtype)
+    high = ops.cast(high, loc.dtype)
+    r = 1.0 / math.sqrt(2.0)
+    mass = 0.5 * (ops.erf((high - loc) / scale * r) - ops.erf((low - loc) / scale * r))
+    return ops.sum(_normal_log_pdf(x, loc, scale) - ops.log(mass), axis=-1)
 
 
-def cvae_terms(net: CVAENetworks, y: tf.Tensor, x_unit: tf.Tensor, seed: tf.Tensor,
-               low: tf.Tensor | float = 0.0, high: tf.Tensor | float = 1.0,
-               with_prior_fit: bool = False) -> tuple[tf.Tensor, ...]:
+def cvae_terms(net: CVAENetworks, y: Tensor, x_unit: Tensor, eps: Tensor,
+               low: Tensor | float = 0.0, high: Tensor | float = 1.0,
+               with_prior_fit: bool = False) -> tuple[Tensor, ...]:
     """Per-batch means of H = -log r2(x|z_q,y) and the Monte Carlo KL.
 
     ``x_unit`` are the parameters scaled to [0, 1] (clipped exactly to the box here),
-    ``seed`` a stateless-RNG seed (shape (2,), int32/int64) for the reparameterised draw.
-    With ``with_prior_fit`` also ``-mean log r1(stop_gradient(z_q)|y)``: its gradient reaches
-    r1 only (it is the r1-part of the KL's gradient), see :func:`training_loss`.
+    ``eps`` standard normals (n, latent) for the reparameterised draw ``z_q = mu + sigma eps``
+    (the caller draws them, so the loss is a pure function of weights and inputs under every
+    backend). With ``with_prior_fit`` also ``-mean log r1(stop_gradient(z_q)|y)``: its
+    gradient reaches r1 only (it is the r1-part of the KL's gradient), see :func:`training_loss`.
     """
-    x = tf.clip_by_value(tf.cast(x_unit, tf.float32), 0.0, 1.0)
+    x = ops.clip(ops.cast(x_unit, "float32"), 0.0, 1.0)
     h = net.encode(y)
     logits, loc, logvar = net.prior_params(h)
     q_loc, q_logvar_raw = net.posterior_params(h, x)
     q_logvar = bounded(q_logvar_raw, *LATENT_LOGVAR)
-    eps = tf.random.stateless_normal(tf.shape(q_loc), seed=seed, dtype=tf.float32)
-    z = q_loc + tf.exp(0.5 * q_logvar) * eps
+    z = q_loc + ops.exp(0.5 * q_logvar) * ops.cast(eps, "float32")
     mean_raw, dec_logvar_raw = net.decode_from_y_part(net.decoder_y_part(h), z)
-    log_r2 = decoder_distribution(mean_raw, dec_logvar_raw, low, high).log_prob(x)
-    latent = tf.cast(tf.shape(q_loc)[-1], tf.float32)
-    entropy_q = 0.5 * tf.reduce_sum(q_logvar, axis=-1) + 0.5 * latent * (
-        1.0 + math.log(2 * math.pi))
-    prior = prior_distribution(logits, loc, logvar)
-    log_r1 = prior.log_prob(z)
-    h_loss, kl = -tf.reduce_mean(log_r2), tf.reduce_mean(-entropy_q - log_r1)
+    log_r2 = decoder_log_prob(mean_raw, dec_logvar_raw, x, low, high)
+    latent = float(net.config.latent)
+    entropy_q = 0.5 * ops.sum(q_logvar, axis=-1) + 0.5 * latent * (1.0 + _LOG_2PI)
+    log_r1 = prior_log_prob(logits, loc, logvar, z)
+    h_loss, kl = -ops.mean(log_r2), ops.mean(-entropy_q - log_r1)
     if not with_prior_fit:
         return h_loss, kl
-    return h_loss, kl, -tf.reduce_mean(prior.log_prob(tf.stop_gradient(z)))
+    return h_loss, kl, -ops.mean(prior_log_prob(logits, loc, logvar, ops.stop_gradient(z)))
 
 
-def training_loss(h_loss: tf.Tensor, kl: tf.Tensor, prior_fit: tf.Tensor, beta: tf.Tensor,
-                  prior_warmup: bool) -> tf.Tensor:
+def training_loss(h_loss: Tensor, kl: Tensor, prior_fit: Tensor, beta: Tensor,
+                  prior_warmup: bool) -> Tensor:
     """The minimised loss ``H + beta KL`` (+ ``(1 - beta) prior_fit`` with ``prior_warmup``).
 
     With ``prior_warmup`` the prior network r1 receives the full KL gradient from the start

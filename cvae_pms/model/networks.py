@@ -13,7 +13,9 @@ from dataclasses import asdict, dataclass
 
 import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
+
+from cvae_pms.backend import Tensor
 
 
 #: Default relative variance floor of the whitening (caps the gain of any direction at 100).
@@ -141,43 +143,43 @@ class CVAENetworks(keras.Model):
                                             kernel_initializer=init(508))
 
     # -- pieces -------------------------------------------------------------------------
-    def encode(self, y: tf.Tensor) -> tf.Tensor:
+    def encode(self, y: Tensor) -> Tensor:
         """Trunk: features y (n, y_dim) -> encoding h (n, trunk[-1])."""
         h = y
         if self.whiten_layer is not None:
             d = self.config.whiten_dim
-            h = tf.concat([self.whiten_layer(h[:, :d]), h[:, d:]], axis=-1)
+            h = ops.concatenate([self.whiten_layer(h[:, :d]), h[:, d:]], axis=-1)
         for layer in self.trunk_layers:
             h = layer(h)
         return h
 
-    def prior_params(self, h: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    def prior_params(self, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """r1(z|y): mixture logits (n, K), means (n, K, L), raw log-variances (n, K, L)."""
         c = self.config
         a = h
         for layer in self.r1_hidden:
             a = layer(a)
         shape = (-1, c.components, c.latent)
-        return (self.r1_logits(a), tf.reshape(self.r1_loc(a), shape),
-                tf.reshape(self.r1_logvar(a), shape))
+        return (self.r1_logits(a), ops.reshape(self.r1_loc(a), shape),
+                ops.reshape(self.r1_logvar(a), shape))
 
-    def posterior_params(self, h: tf.Tensor, x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    def posterior_params(self, h: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
         """q(z|x,y): means (n, L) and raw log-variances (n, L); x is scaled to [0, 1]."""
-        a = tf.concat([h, tf.cast(x, h.dtype)], axis=-1)
+        a = ops.concatenate([h, ops.cast(x, h.dtype)], axis=-1)
         for layer in self.q_hidden:
             a = layer(a)
         return self.q_loc(a), self.q_logvar(a)
 
-    def decoder_y_part(self, h: tf.Tensor) -> tf.Tensor:
+    def decoder_y_part(self, h: Tensor) -> Tensor:
         """The y-part (with bias) of r2's first layer, computed once per source."""
         return self.r2_first_y(h)
 
-    def decode_from_y_part(self, pre_y: tf.Tensor, z: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    def decode_from_y_part(self, pre_y: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
         """r2(x|z,y) from the y-part: raw means (..., 7) and raw log-variances (..., 7).
 
         ``pre_y`` broadcasts against the leading axes of ``z`` (e.g. (n, 1, W) with (n, S, L)).
         """
-        a = self.r2_act(pre_y + self.r2_first_z(tf.cast(z, pre_y.dtype)))
+        a = self.r2_act(pre_y + self.r2_first_z(ops.cast(z, pre_y.dtype)))
         for layer in self.r2_hidden:
             a = layer(a)
         return self.r2_mean(a), self.r2_logvar(a)
@@ -215,6 +217,6 @@ def whitening_matrix(y: np.ndarray, k: int, floor: float = WHITEN_FLOOR) -> np.n
 def build_networks(config: NetworkConfig, seed: int = 0) -> CVAENetworks:
     """Create the networks with seeded initialisers and build their weights."""
     net = CVAENetworks(config, seed=seed)
-    net((tf.zeros((1, config.y_dim)), tf.zeros((1, config.x_dim)),
-         tf.zeros((1, config.latent))))
+    net((ops.zeros((1, config.y_dim)), ops.zeros((1, config.x_dim)),
+         ops.zeros((1, config.latent))))
     return net

@@ -41,6 +41,7 @@ def make_steps(state: TrainingState, inputs: TrainingInputs, batching: Batching,
     from cvae_pms.model.cvae import cvae_terms, training_loss
     net, opt, noise, lum = state.net, state.opt, inputs.noise, inputs.lum
     copies = batching.copies
+    latent = net.config.latent
     n_rep = strategy.num_replicas_in_sync
 
     def replica_step(bp0, rp0, g0, x, seed_t):
@@ -53,8 +54,9 @@ def make_steps(state: TrainingState, inputs: TrainingInputs, batching: Batching,
             y = tf.concat([y, lum.inputs(lg, g0, g, tf.random.experimental.stateless_fold_in(
                 s_noise, 7), copies)], axis=1)
         x = tf.repeat(x, copies, axis=0)
+        eps = tf.random.stateless_normal(tf.stack([tf.shape(x)[0], latent]), seed=s_z)
         with tf.GradientTape() as tape:
-            h_loss, kl, prior_fit = cvae_terms(net, y, x, s_z, state.t_low, state.t_high,
+            h_loss, kl, prior_fit = cvae_terms(net, y, x, eps, state.t_low, state.t_high,
                                                with_prior_fit=True)
             loss = h_loss + state.beta * kl
             objective = training_loss(h_loss, kl, prior_fit, state.beta, prior_warmup)
@@ -72,7 +74,8 @@ def make_steps(state: TrainingState, inputs: TrainingInputs, batching: Batching,
 
     @tf.function
     def val_step(y, x, seed_t):
-        return tf.stack(cvae_terms(net, y, x, seed_t, state.t_low, state.t_high))
+        eps = tf.random.stateless_normal(tf.stack([tf.shape(x)[0], latent]), seed=seed_t)
+        return tf.stack(cvae_terms(net, y, x, eps, state.t_low, state.t_high))
 
     return train_step, val_step
 
