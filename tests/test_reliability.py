@@ -156,7 +156,7 @@ def test_1_train_killed_before_its_first_checkpoint_restarts_on_resume(run, tmp_
     r = cli(*train_args(run, killed, 1, "--resume"))
     assert_ok(r)
     assert "starting from scratch with its saved config" in r.output
-    assert (killed / "checkpoints" / "ckpt-1.index").is_file()
+    assert (killed / "checkpoints" / "ckpt-1.npz").is_file()
     assert (killed / "model.weights.h5").is_file() and (killed / "ood.npz").is_file()
     with open(killed / "history.csv") as f:
         assert [row["epoch"] for row in csv.DictReader(f)] == ["0"]
@@ -167,17 +167,17 @@ def test_1_train_killed_before_its_first_checkpoint_restarts_on_resume(run, tmp_
 def test_10_damaged_newest_checkpoint_falls_back_to_the_older_one(run, tmp_path):
     work = tmp_path / "run"
     shutil.copytree(run, work)
-    assert sorted(p.name for p in (work / "checkpoints").glob("*.index")) == [
-        "ckpt-2.index", "ckpt-3.index"]
-    data = work / "checkpoints" / "ckpt-3.data-00000-of-00001"
+    assert sorted(p.name for p in (work / "checkpoints").iterdir()) == [
+        "ckpt-2.npz", "ckpt-3.npz"]
+    data = work / "checkpoints" / "ckpt-3.npz"
     data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
     r = cli(*train_args(run, work, 4, "--resume"))
     assert_ok(r)
-    assert "ckpt-3: damaged checkpoint" in r.output and "falling back" in r.output
+    assert "ckpt-3.npz: damaged checkpoint" in r.output and "falling back" in r.output
     assert "resuming" in r.output and "at epoch 2" in r.output
     with open(work / "history.csv") as f:
         assert [row["epoch"] for row in csv.DictReader(f)] == ["0", "1", "2", "3"]
-    assert (work / "checkpoints" / "ckpt-4.index").is_file()
+    assert (work / "checkpoints" / "ckpt-4.npz").is_file()
     assert strays(work) == [] and strays(tmp_path) == []
 
 

@@ -306,7 +306,7 @@ def test_non_finite_loss_stops_with_a_checkpoint_and_message(workdir, tmp_path):
                          "training.global_clipnorm=1e30", "training.standardisation_rows=512",
                          "training.epochs=1"], log=lambda s: None)
     assert str(tmp_path / "nan") in str(info.value)
-    assert list((tmp_path / "nan" / "checkpoints" / "nonfinite").glob("ckpt*.index"))
+    assert list((tmp_path / "nan" / "checkpoints" / "nonfinite").glob("ckpt*.npz"))
 
 
 def test_config_resolution_and_split():

@@ -23,7 +23,7 @@ The modules, in the order a run uses them:
 Importing this package does not import TensorFlow (every TensorFlow import is inside a
 function).
 """
-from .checkpoints import RUN_PRODUCTS, checkpoint_intact, checkpoint_prefixes
+from .checkpoints import RUN_PRODUCTS, checkpoint_intact, checkpoint_files
 from .config import (DEFAULT_CONFIG, RECIPE_DIR, RESUMABLE_KEYS, TrainingError,
                      check_luminosity_config, load_config, resolve_config, split_indices)
 from .data import GridRows, read_grid_rows
@@ -32,6 +32,6 @@ from .run import TrainResult, train
 
 __all__ = ["DEFAULT_CONFIG", "GridRows", "HISTORY_COLUMNS", "RECIPE_DIR", "RESUMABLE_KEYS",
            "RUN_PRODUCTS", "TrainResult", "TrainingError", "check_luminosity_config",
-           "checkpoint_intact", "checkpoint_prefixes", "load_config", "plot_history",
+           "checkpoint_intact", "checkpoint_files", "load_config", "plot_history",
            "read_grid_rows", "read_history", "resolve_config", "split_indices", "train",
            "write_history"]

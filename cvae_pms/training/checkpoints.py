@@ -16,52 +16,46 @@ RUN_PRODUCTS = ("network.json", "config.json", "config.toml", "params.json", "fe
                 "history.csv", "loss.png", "ood.npz", "checkpoints", "tensorboard")
 
 
-def checkpoint_prefixes(ckpt_dir: Path) -> list[str]:
-    """Checkpoint prefixes ``ckpt_dir/ckpt-N`` found on disk, newest (largest N) first."""
+def checkpoint_files(ckpt_dir: Path) -> list[str]:
+    """Checkpoint files ``ckpt_dir/ckpt-N.npz`` found on disk, newest (largest N) first."""
     found = []
-    for idx in Path(ckpt_dir).glob("ckpt-*.index"):
+    for f in Path(ckpt_dir).glob("ckpt-*.npz"):
         try:
-            found.append((int(idx.name[len("ckpt-"):-len(".index")]), str(idx)[:-len(".index")]))
+            found.append((int(f.name[len("ckpt-"):-len(".npz")]), str(f)))
         except ValueError:
             continue
     return [p for _, p in sorted(found, reverse=True)]
 
 
-def checkpoint_intact(prefix: str) -> str | None:
-    """None when every tensor of the checkpoint ``prefix`` reads back, else why not."""
-    import tensorflow as tf
+def checkpoint_intact(path: str) -> str | None:
+    """None when every array of the checkpoint file ``path`` reads back (zip CRCs checked),
+    else why not."""
+    import numpy as np
     try:
-        reader = tf.train.load_checkpoint(prefix)
-        for name in reader.get_variable_to_shape_map():
-            reader.get_tensor(name)
-    except Exception as exc:  # noqa: BLE001 - DataLossError, IndexError, OutOfRange ...
+        with np.load(path, allow_pickle=False) as f:
+            names = set(f.files)
+            missing = {"format", "epoch", "net_paths", "opt_paths"} - names
+            if missing:
+                return f"no {', '.join(sorted(missing))}"
+            for name in f.files:
+                f[name]
+    except Exception as exc:  # noqa: BLE001 - BadZipFile, EOFError, ValueError, OSError ...
         return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
     return None
 
 
 def newest_intact_checkpoint(run: Path, log: Callable[[str], None]) -> str | None:
-    """The newest readable checkpoint of ``run``; damaged newer ones are removed (said in the
-    log) and the checkpoint state file rewritten to list the intact ones."""
-    import tensorflow as tf
-    ckpt_dir = run / "checkpoints"
-    prefixes = checkpoint_prefixes(ckpt_dir)
-    for k, prefix in enumerate(prefixes):
-        why = checkpoint_intact(prefix)
+    """The newest readable checkpoint file of ``run``; damaged newer ones are removed (said in
+    the log)."""
+    files = checkpoint_files(run / "checkpoints")
+    for k, path in enumerate(files):
+        why = checkpoint_intact(path)
         if why is None:
-            if k:
-                keep = sorted(prefixes[k:], key=lambda p: int(p.rsplit("-", 1)[1]))
-                times = [Path(p + ".index").stat().st_mtime for p in keep]
-                tf.compat.v1.train.update_checkpoint_state(
-                    str(ckpt_dir), Path(prefix).name,
-                    all_model_checkpoint_paths=[Path(p).name for p in keep],
-                    all_model_checkpoint_timestamps=times,
-                    last_preserved_timestamp=min(times) - 1.0)
-            return prefix
-        log(f"{prefix}: damaged checkpoint ({why}); "
-            + ("falling back to the previous one" if k + 1 < len(prefixes) else
+            return path
+        log(f"{path}: damaged checkpoint ({why}); "
+            + ("falling back to the previous one" if k + 1 < len(files) else
                "no older checkpoint"))
-        for f in ckpt_dir.glob(Path(prefix).name + ".*"):
-            f.unlink()
+        Path(path).unlink()
     return None
 
 

@@ -44,7 +44,7 @@ def make_steps(state: TrainingState, inputs: TrainingInputs, batching: Batching,
     latent = net.config.latent
     n_rep = strategy.num_replicas_in_sync
 
-    def replica_step(bp0, rp0, g0, x, seed_t):
+    def replica_step(bp0, rp0, g0, x, seed_t, beta, t_low, t_high):
         rid = tf.distribute.get_replica_context().replica_id_in_sync_group
         s = tf.random.experimental.stateless_fold_in(seed_t, tf.cast(rid, tf.int64))
         s_noise, s_z = tf.unstack(tf.random.experimental.stateless_split(s, 2))
@@ -56,10 +56,10 @@ def make_steps(state: TrainingState, inputs: TrainingInputs, batching: Batching,
         x = tf.repeat(x, copies, axis=0)
         eps = tf.random.stateless_normal(tf.stack([tf.shape(x)[0], latent]), seed=s_z)
         with tf.GradientTape() as tape:
-            h_loss, kl, prior_fit = cvae_terms(net, y, x, eps, state.t_low, state.t_high,
+            h_loss, kl, prior_fit = cvae_terms(net, y, x, eps, t_low, t_high,
                                                with_prior_fit=True)
-            loss = h_loss + state.beta * kl
-            objective = training_loss(h_loss, kl, prior_fit, state.beta, prior_warmup)
+            loss = h_loss + beta * kl
+            objective = training_loss(h_loss, kl, prior_fit, beta, prior_warmup)
             scaled = objective / n_rep
             if mixed_precision:
                 scaled = opt.scale_loss(scaled)
@@ -68,14 +68,14 @@ def make_steps(state: TrainingState, inputs: TrainingInputs, batching: Batching,
         return tf.stack([h_loss, kl, loss]) / n_rep
 
     @tf.function(jit_compile=jit_compile)
-    def train_step(bp0, rp0, g0, x, seed_t):
-        per = strategy.run(replica_step, args=(bp0, rp0, g0, x, seed_t))
+    def train_step(bp0, rp0, g0, x, seed_t, beta, t_low, t_high):
+        per = strategy.run(replica_step, args=(bp0, rp0, g0, x, seed_t, beta, t_low, t_high))
         return strategy.reduce(tf.distribute.ReduceOp.SUM, per, axis=None)
 
     @tf.function
-    def val_step(y, x, seed_t):
+    def val_step(y, x, seed_t, t_low, t_high):
         eps = tf.random.stateless_normal(tf.stack([tf.shape(x)[0], latent]), seed=seed_t)
-        return tf.stack(cvae_terms(net, y, x, eps, state.t_low, state.t_high))
+        return tf.stack(cvae_terms(net, y, x, eps, t_low, t_high))
 
     return train_step, val_step
 
@@ -106,7 +106,7 @@ class FitLoop:
         tcfg = self.cfg["training"]
         b = self.batching
         writer = tf.summary.create_file_writer(str(self.run / "tensorboard"))
-        start_epoch = int(self.state.epoch.numpy())
+        start_epoch = self.state.epoch
         stop_reason = "finished"
         t_train, n_trained = 0.0, 0
         for epoch in range(start_epoch, tcfg["epochs"]):
@@ -131,10 +131,8 @@ class FitLoop:
                           t_train=t_train, n_trained=n_trained)
 
     def _set_annealing(self, epoch: int) -> None:
-        self.state.beta.assign(self.annealing.beta(epoch))
-        lo, hi = self.annealing.truncation_bounds(epoch)
-        self.state.t_low.assign(lo)
-        self.state.t_high.assign(hi)
+        self.state.beta = float(self.annealing.beta(epoch))
+        self.state.t_low, self.state.t_high = map(float, self.annealing.truncation_bounds(epoch))
 
     def _epoch_dataset(self, epoch: int):
         """This epoch's shuffled rows in batches (distributed over the replicas)."""
@@ -154,7 +152,9 @@ class FitLoop:
         sums = np.zeros(3)
         for step, (bp0, rp0, g0, x) in enumerate(self._epoch_dataset(epoch)):
             seed_t = tf.constant([self.seed, epoch * 1_000_000 + step], tf.int64)
-            vals = self.train_step(bp0, rp0, g0, x, seed_t).numpy()
+            st = self.state
+            vals = self.train_step(bp0, rp0, g0, x, seed_t, np.float32(st.beta),
+                                   np.float32(st.t_low), np.float32(st.t_high)).numpy()
             if not np.isfinite(vals).all():
                 self._nonfinite(epoch, step, vals)
             sums += vals
@@ -163,11 +163,11 @@ class FitLoop:
     def _nonfinite(self, epoch: int, step: int, vals: np.ndarray) -> None:
         st = self.state
         bad_dir = self.run / "checkpoints" / "nonfinite"
-        path = st.ckpt.write(str(bad_dir / "ckpt"))
-        last = st.manager.latest_checkpoint or "none (failed in the first epoch)"
+        path = st.write(bad_dir / "ckpt.npz")
+        last = st.latest or "none (failed in the first epoch)"
         raise TrainingError(
             f"{self.run}: non-finite loss at epoch {epoch} step {step} (H={vals[0]:.4g}, "
-            f"KL={vals[1]:.4g}, beta={float(st.beta.numpy()):.3g}); state saved to {path}; "
+            f"KL={vals[1]:.4g}, beta={st.beta:.3g}); state saved to {path}; "
             f"last good checkpoint: {last}. Lower training.learning_rate or "
             f"training.global_clipnorm and restart, or --resume from the last good one.")
 
@@ -180,7 +180,9 @@ class FitLoop:
         for i in range(0, len(val_y), bs):
             w = len(val_y[i:i + bs])
             vs += w * self.val_step(tf.constant(val_y[i:i + bs]), tf.constant(val_x[i:i + bs]),
-                                    tf.constant([self.seed, 2**31 - 5 - i], tf.int64)).numpy()
+                                    tf.constant([self.seed, 2**31 - 5 - i], tf.int64),
+                                    np.float32(self.state.t_low),
+                                    np.float32(self.state.t_high)).numpy()
             nb += w
         return vs / nb
 
@@ -189,7 +191,7 @@ class FitLoop:
         opt, b = self.state.opt, self.batching
         lr = opt.learning_rate
         lr = float(lr(opt.iterations) if callable(lr) else np.asarray(lr))
-        return {"epoch": epoch, "beta": float(self.state.beta.numpy()), "H": tr[0], "KL": tr[1],
+        return {"epoch": epoch, "beta": self.state.beta, "H": tr[0], "KL": tr[1],
                 "L": tr[2], "val_H": vs[0], "val_KL": vs[1], "lr": lr,
                 "time_s": (history[-1]["time_s"] if history else 0.0) + time.time() - t0,
                 "samples_per_s": b.steps * b.rows * b.copies / dt}
@@ -215,16 +217,16 @@ class FitLoop:
         patience = self.cfg["training"]["early_stopping_patience"]
         stop = False
         if epoch >= self.annealing.end:
-            if vs[0] + vs[1] < st.best_val.numpy():
-                st.best_val.assign(vs[0] + vs[1])
-                st.bad_epochs.assign(0)
+            if vs[0] + vs[1] < st.best_val:
+                st.best_val = float(vs[0] + vs[1])
+                st.bad_epochs = 0
                 rundir.save_weights(st.net, self.run)
             else:
-                st.bad_epochs.assign_add(1)
-                stop = int(st.bad_epochs.numpy()) >= patience
+                st.bad_epochs += 1
+                stop = st.bad_epochs >= patience
         else:
             rundir.save_weights(st.net, self.run)
-        st.epoch.assign(epoch + 1)
-        st.manager.save(checkpoint_number=epoch + 1)
+        st.epoch = epoch + 1
+        st.save()
         write_history(self.run / "history.csv", history)
         return stop

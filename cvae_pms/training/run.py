@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .checkpoints import checkpoint_prefixes, newest_intact_checkpoint, restart_from_scratch
+from .checkpoints import checkpoint_files, newest_intact_checkpoint, restart_from_scratch
 from .config import (RESUMABLE_KEYS, TrainingError, check_resume_config, fill_stored_defaults,
                      flatten_config, load_config)
 from .history import plot_history, read_history
@@ -151,7 +151,7 @@ def prepare_run(out: str | Path, config: str | Path, overrides, *, resume: bool,
         cfg, toml_text = _stored_config(run, cfg)
     elif not scratch and run.exists() and any(run.iterdir()):
         hint = ("it stopped before its first checkpoint: --resume starts it again with its "
-                "saved config" if not checkpoint_prefixes(run / "checkpoints")
+                "saved config" if not checkpoint_files(run / "checkpoints")
                 and (run / "config.json").is_file() else "use --resume to continue it")
         raise TrainingError(f"{run}: output dir exists and is not empty ({hint}); or choose "
                             f"another --out")
@@ -214,8 +214,8 @@ def restore_or_record(plan: RunPlan, state, data, inputs, noise_model, model_err
     from cvae_pms.model import rundir
     run = plan.run
     if plan.resume:
-        state.ckpt.read(plan.latest).expect_partial()
-        epoch = int(state.epoch.numpy())
+        state.restore(plan.latest)
+        epoch = state.epoch
         history = [r for r in read_history(run / "history.csv") if r["epoch"] < epoch]
         log(f"resuming {run} at epoch {epoch}")
         return history

@@ -12,21 +12,94 @@ from cvae_pms import params as P
 from .config import TrainingError
 
 
+#: Checkpoint file format version (``format`` entry of every ``ckpt-N.npz``).
+CHECKPOINT_FORMAT = 1
+
+
 @dataclass
 class TrainingState:
-    """The networks, optimizer and training variables of a run, and their checkpoints."""
+    """The networks, optimizer and training counters of a run, and their checkpoints.
 
-    net: object                  # cvae_pms.model.networks.Networks
+    A checkpoint is one numpy file ``RUN/checkpoints/ckpt-N.npz`` (N = the next epoch to run)
+    with every network and optimizer variable (``net/i``, ``opt/i``, with their Keras paths
+    in ``net_paths`` / ``opt_paths``, less the auto-numbered top-level name) and the counters: backend independent (written under
+    TensorFlow, resumed under JAX and back) and written atomically (temporary file, rename).
+    """
+
+    net: object                  # cvae_pms.model.networks.CVAENetworks
     net_cfg: object              # cvae_pms.model.networks.NetworkConfig
     opt: object                  # keras optimizer (LossScaleOptimizer with mixed precision)
-    beta: object                 # tf.Variable: KL weight of this epoch
-    t_low: object                # tf.Variables: decoder truncation bounds of this epoch
-    t_high: object
-    epoch: object                # tf.Variable: the next epoch to run
-    best_val: object             # tf.Variable: best val_L = val_H + val_KL after annealing
-    bad_epochs: object           # tf.Variable: epochs since best_val improved
-    ckpt: object                 # tf.train.Checkpoint of all of the above
-    manager: object              # tf.train.CheckpointManager over RUN/checkpoints
+    ckpt_dir: Path               # RUN/checkpoints
+    kept: int                    # checkpoints kept (older ones deleted)
+    beta: float = 0.0            # KL weight of this epoch
+    t_low: float = 0.0           # decoder truncation bounds of this epoch (unit box)
+    t_high: float = 1.0
+    epoch: int = 0               # the next epoch to run
+    best_val: float = float("inf")   # best val_L = val_H + val_KL after annealing
+    bad_epochs: int = 0          # epochs since best_val improved
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The checkpoint's arrays (see the class docstring)."""
+        from keras import ops
+        out: dict[str, np.ndarray] = {
+            "format": np.int64(CHECKPOINT_FORMAT), "epoch": np.int64(self.epoch),
+            "best_val": np.float64(self.best_val), "bad_epochs": np.int64(self.bad_epochs),
+            "net_paths": np.array(_paths(self.net.variables, self.net.name)),
+            "opt_paths": np.array(_paths(self.opt.variables, self.net.name))}
+        for prefix, variables in (("net", self.net.variables), ("opt", self.opt.variables)):
+            for i, v in enumerate(variables):
+                out[f"{prefix}/{i}"] = ops.convert_to_numpy(v.value)
+        return out
+
+    def write(self, path: Path) -> Path:
+        """Write the checkpoint file ``path`` (atomically); returns it."""
+        import io
+        from cvae_pms.atomic import write_bytes_atomic
+        buf = io.BytesIO()
+        np.savez(buf, **self.arrays())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_bytes_atomic(path, buf.getvalue())
+        return path
+
+    def save(self) -> Path:
+        """Checkpoint ``ckpt-<epoch>.npz``; keeps the newest :attr:`kept` of them."""
+        from .checkpoints import checkpoint_files
+        path = self.write(self.ckpt_dir / f"ckpt-{self.epoch}.npz")
+        for old in checkpoint_files(self.ckpt_dir)[self.kept:]:
+            Path(old).unlink(missing_ok=True)
+        return path
+
+    @property
+    def latest(self) -> str | None:
+        """The newest checkpoint file on disk, or None."""
+        from .checkpoints import checkpoint_files
+        files = checkpoint_files(self.ckpt_dir)
+        return files[0] if files else None
+
+    def restore(self, path: str | Path) -> None:
+        """Load every variable and counter from the checkpoint file ``path``."""
+        with np.load(path, allow_pickle=False) as f:
+            if int(f["format"]) != CHECKPOINT_FORMAT:
+                raise TrainingError(f"{path}: checkpoint format {int(f['format'])}, this "
+                                    f"version reads {CHECKPOINT_FORMAT}")
+            for prefix, variables in (("net", self.net.variables), ("opt", self.opt.variables)):
+                paths = [str(p) for p in f[f"{prefix}_paths"]]
+                if paths != _paths(variables, self.net.name) or any(
+                        f[f"{prefix}/{i}"].shape != tuple(v.shape) for i, v in enumerate(variables)):
+                    raise TrainingError(f"{path}: its {prefix} variables ({len(paths)}) are "
+                                        f"not the ones of this run's networks/optimizer "
+                                        f"({len(variables)}); was the config changed?")
+                for i, v in enumerate(variables):
+                    v.assign(f[f"{prefix}/{i}"])
+            self.epoch, self.bad_epochs = int(f["epoch"]), int(f["bad_epochs"])
+            self.best_val = float(f["best_val"])
+
+
+def _paths(variables, net_name: str) -> list[str]:
+    """Keras variable paths without the auto-numbered names of the networks and optimizer
+    (``cvae_networks_2/trunk_0/kernel`` -> ``trunk_0/kernel``, ``adam/cvae_networks_2_trunk_0_
+    kernel_momentum`` -> ``trunk_0_kernel_momentum``)."""
+    return [v.path.split("/", 1)[-1].replace(net_name + "_", "", 1) for v in variables]
 
 
 def lr_schedule(tcfg: dict, total_steps: int):
@@ -46,14 +119,16 @@ def lr_schedule(tcfg: dict, total_steps: int):
 
 def build_state(cfg: dict, spec, whiten, strategy, run: Path, *, total_steps: int,
                 mixed_precision: bool, resume: bool) -> TrainingState:
-    """Build the networks and optimizer under ``strategy`` and the checkpoint over them
-    (``resume``: the whitening layer is left for the checkpoint to restore)."""
+    """Build the networks and optimizer (under ``strategy``, a TensorFlow distribution
+    strategy, or None) and their checkpoint state (``resume``: the whitening layer is left
+    for the checkpoint to restore)."""
+    import contextlib
+
     import keras
-    import tensorflow as tf
     from cvae_pms.features import N_FEATURES
     from cvae_pms.model.networks import NetworkConfig, build_networks
     tcfg = cfg["training"]
-    with strategy.scope():
+    with strategy.scope() if strategy is not None else contextlib.nullcontext():
         net_cfg = NetworkConfig.from_dict({
             **cfg["model"], "y_dim": spec.y_dim, "x_dim": P.N_PARAMS,
             "whiten_dim": N_FEATURES if cfg["model"]["whiten"] else 0})
@@ -65,16 +140,5 @@ def build_state(cfg: dict, spec, whiten, strategy, run: Path, *, total_steps: in
         if mixed_precision:
             opt = keras.optimizers.LossScaleOptimizer(opt)
         opt.build(net.trainable_variables)
-        beta = tf.Variable(0.0, trainable=False, dtype=tf.float32, name="beta")
-        t_low = tf.Variable(0.0, trainable=False, dtype=tf.float32, name="trunc_low")
-        t_high = tf.Variable(1.0, trainable=False, dtype=tf.float32, name="trunc_high")
-    epoch_var = tf.Variable(0, dtype=tf.int64, name="epoch")
-    best_val = tf.Variable(np.inf, dtype=tf.float64, name="best_val_L")
-    bad_epochs = tf.Variable(0, dtype=tf.int64, name="bad_epochs")
-    ckpt = tf.train.Checkpoint(net=net, optimizer=opt, epoch=epoch_var, best_val=best_val,
-                               bad_epochs=bad_epochs)
-    manager = tf.train.CheckpointManager(ckpt, str(run / "checkpoints"),
-                                         max_to_keep=tcfg["checkpoints_kept"])
-    return TrainingState(net=net, net_cfg=net_cfg, opt=opt, beta=beta, t_low=t_low,
-                         t_high=t_high, epoch=epoch_var, best_val=best_val,
-                         bad_epochs=bad_epochs, ckpt=ckpt, manager=manager)
+    return TrainingState(net=net, net_cfg=net_cfg, opt=opt, ckpt_dir=run / "checkpoints",
+                         kept=int(tcfg["checkpoints_kept"]))
