@@ -59,7 +59,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
-from cvae_pms import __version__
+from cvae_pms import __version__, backend
 
 if TYPE_CHECKING:
     from cvae_pms.model.sampler import KeyedSampler
@@ -188,7 +188,7 @@ def infer(run_dir: str | os.PathLike, inputs: Sequence[str | os.PathLike],
         attrs = {"run_dir": str(Path(run_dir).resolve()), "model_hash": model.hash,
                  "seed": int(seed),
                  "command_line": list(command_line or sys.argv), "cvae_pms_version": __version__,
-                 "ood_threshold": float(model.ood.threshold), "ood_k": int(model.ood.k),
+                 "backend": backend.name(), "ood_threshold": float(model.ood.threshold), "ood_k": int(model.ood.k),
                  "inputs": [str(p.resolve()) for p in paths],
                  "prior": _prior_json(prior_obj), "luminosity": int(model.luminosity),
                  "parallax_zero_point_mas": zp if model.luminosity else float("nan"),

@@ -18,6 +18,8 @@ import tempfile
 
 import click
 
+from cvae_pms import backend
+from cvae_pms.backend import BACKENDS
 from cvae_pms.errors import CvaePmsError
 
 #: (module in cvae_pms.cli, attribute) of every registered command or group.
@@ -117,9 +119,13 @@ class _Main(click.Group):
 @click.version_option(package_name="cvae-pms")
 @click.option("--verbose", is_flag=True,
               help="Show TensorFlow's start-up and log lines (hidden by default).")
-def main(verbose: bool) -> None:
+@click.option("--backend", "backend_name", type=click.Choice(BACKENDS), default=None,
+              help="Keras backend: tensorflow (default) or jax (needs the [jax] or [jax-cuda] "
+                   "extra); default: $KERAS_BACKEND, else tensorflow.")
+def main(verbose: bool, backend_name: str | None) -> None:
     """cvae-pms: posteriors of T Tauri star parameters from Gaia XP spectra."""
     quiet_tensorflow(not verbose)
+    backend.select(backend_name)
 
 
 for _module, _attr in COMMANDS:
