@@ -16,7 +16,7 @@ Parallax zero point: ``zero_point_mas`` is *added* to every parallax before use,
 0.017 mas on average (Lindegren et al. 2021: zero point Z ~ -0.017 mas, true = observed - Z),
 so ``zero_point_mas = +0.017`` corrects them globally.
 
-Training draws parallaxes for grid spectra with :func:`tf_draw_parallax`: the grid's
+Training draws parallaxes for grid spectra with :func:`ops_draw_parallax`: the grid's
 coefficients are fluxes at ``reference_distance_pc``; a spectrum scaled from G0 to G lies at
 ``d = d_ref 10^(0.2 (G - G0))``; its observed parallax is the true one plus Gaussian noise of a
 fractional error drawn log-uniformly in a configured range.
@@ -72,16 +72,16 @@ def luminosity_channel(log10_norm: np.ndarray, parallax_mas: np.ndarray,
     return value, error, present
 
 
-def tf_luminosity_channel(log10_norm, parallax_mas, parallax_error_mas, min_over_error: float):
-    """TensorFlow version of :func:`luminosity_channel` (no zero point; float32 tensors)."""
-    import tensorflow as tf
-    lg = tf.cast(log10_norm, tf.float32)
-    plx = tf.cast(parallax_mas, tf.float32)
-    err = tf.cast(parallax_error_mas, tf.float32)
-    present = (plx > 0.0) & (err > 0.0) & (plx >= min_over_error * err)
-    safe = tf.where(present, plx, 1.0)
-    value = tf.where(present, lg + 2.0 * tf.math.log(100.0 / safe) / LN10, 0.0)
-    error = tf.where(present, 2.0 / LN10 * err / safe, 0.0)
+def ops_luminosity_channel(log10_norm, parallax_mas, parallax_error_mas, min_over_error: float):
+    """keras.ops version of :func:`luminosity_channel` (any backend; no zero point; float32)."""
+    from keras import ops
+    lg = ops.cast(log10_norm, "float32")
+    plx = ops.cast(parallax_mas, "float32")
+    err = ops.cast(parallax_error_mas, "float32")
+    present = ops.logical_and(ops.logical_and(plx > 0.0, err > 0.0), plx >= min_over_error * err)
+    safe = ops.where(present, plx, 1.0)
+    value = ops.where(present, lg + 2.0 * ops.log(100.0 / safe) / LN10, 0.0)
+    error = ops.where(present, 2.0 / LN10 * err / safe, 0.0)
     return value, error, present
 
 
@@ -100,29 +100,32 @@ def draw_parallax(flux_factor: np.ndarray, reference_distance_pc: float, error_f
     return true, true + err * rng.standard_normal(true.shape), err
 
 
-def tf_draw_parallax(g0, g, reference_distance_pc: float, frac_error_range: tuple[float, float],
-                     drop_fraction: float, seed):
-    """Observed parallaxes [mas] of training spectra scaled from G0 to G (TensorFlow).
+def ops_draw_parallax(g0, g, reference_distance_pc: float, frac_error_range: tuple[float, float],
+                      drop_fraction: float, key):
+    """Observed parallaxes [mas] of training spectra scaled from G0 to G (keras.ops).
 
     ``d = d_ref 10^(0.2 (G - G0))``; fractional error ``f`` log-uniform in ``frac_error_range``;
     ``parallax = 1000 / d + N(0, f 1000 / d)``, error ``f 1000 / d``. A ``drop_fraction`` of the
     rows get NaN (channel dropped, so the model learns the spectrum-only fallback).
 
-    Returns ``(parallax_mas, parallax_error_mas)`` (n,) float32; ``seed`` a stateless seed (2,).
+    Returns ``(parallax_mas, parallax_error_mas)`` (n,) float32; ``key`` a stream key or seed
+    (:func:`cvae_pms.backend.stream_key`).
     """
-    import tensorflow as tf
-    seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 3)
-    g0 = tf.cast(g0, tf.float32)
-    g = tf.cast(g, tf.float32)
-    n = tf.shape(g)[:1]
-    plx_true = 1000.0 / (float(reference_distance_pc) * tf.pow(10.0, 0.2 * (g - g0)))
+    from keras import ops
+
+    from cvae_pms import backend
+    keys = backend.split_key(key, 3)
+    g0 = ops.cast(g0, "float32")
+    g = ops.cast(g, "float32")
+    n = (ops.shape(g)[0],)
+    plx_true = 1000.0 / (float(reference_distance_pc) * ops.power(10.0, 0.2 * (g - g0)))
     lo, hi = (math.log(float(v)) for v in frac_error_range)
-    frac = tf.exp(tf.random.stateless_uniform(n, seeds[0], lo, hi))
+    frac = ops.exp(lo + (hi - lo) * backend.uniform_like(keys[0], n))
     err = frac * plx_true
-    plx = plx_true + err * tf.random.stateless_normal(n, seeds[1])
-    keep = tf.random.stateless_uniform(n, seeds[2]) >= drop_fraction
-    nan = tf.fill(n, float("nan"))
-    return tf.where(keep, plx, nan), tf.where(keep, err, nan)
+    plx = plx_true + err * backend.normal(keys[1], n)
+    keep = backend.uniform_like(keys[2], n) >= drop_fraction
+    nan = ops.full_like(plx, float("nan"))
+    return ops.where(keep, plx, nan), ops.where(keep, err, nan)
 
 
 # ------------------------------------------------------------------------------ tables

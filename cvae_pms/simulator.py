@@ -6,9 +6,10 @@ One home for the noise path that training, ``simulate`` and ``evaluate`` share:
   transits uniform inclusive), :func:`simulate_observations` (scale to G, coefficient noise
   :func:`cvae_pms.xp.noise.draw_observation`, then the forward-model error
   :func:`draw_model_error_coefficients`) and the model-error covariance;
-- TensorFlow (training and the OOD index it builds): :class:`TrainingNoise` (the same steps,
-  inside the compiled step, stateless random numbers, straight to network features) and
-  :class:`TrainingLuminosity` (the parallax draw of the luminosity channel).
+- ``keras.ops`` (training and the OOD index it builds; any backend): :class:`TrainingNoise`
+  (the same steps, inside the compiled step, keyed random numbers of
+  :mod:`cvae_pms.backend`, straight to network features) and :class:`TrainingLuminosity`
+  (the parallax draw of the luminosity channel).
 
 Inference never imports this module: a model dir carries everything it needs.
 """
@@ -120,7 +121,7 @@ def simulate_observations(bp: np.ndarray, rp: np.ndarray, g_mag: np.ndarray | fl
     it with coefficient noise ``N(c', Cov(c'))``, ``c'`` the perturbed coefficients. The
     returned covariances are the coefficient-noise covariances estimated from the noisy
     coefficients, as an archive's errors are (``errors_from = "true"``: at ``c'``, for
-    diagnostics only; see :func:`cvae_pms.xp.noise.tf_draw_observation`). The model-error
+    diagnostics only; see :func:`cvae_pms.xp.noise.ops_draw_observation`). The model-error
     term is not in them: it is what a likelihood adds
     (:class:`cvae_pms.diagnostics.likelihood.XPLikelihood`, at the model's flux).
 
@@ -163,22 +164,24 @@ def simulate_observations(bp: np.ndarray, rp: np.ndarray, g_mag: np.ndarray | fl
     return Observations(obs_bp, obs_rp, cov_bp, cov_rp, g, nt, np.asarray(factor, float))
 
 
-# ------------------------------------------------------------------------------ TensorFlow
+# ------------------------------------------------------------------------------ keras.ops
 class TrainingNoise:
     """The training noise path: noiseless coefficients -> features of a noisy observation.
 
     ``observe_at`` (fixed G and transits) is what the noise-parity test compares with a
     simulated observation; ``observe`` draws G ~ U(g_min, g_max) and integer transits
-    ~ U{transits_min..transits_max} per row first. All random numbers are stateless.
+    ~ U{transits_min..transits_max} per row first. Written in ``keras.ops`` (any backend,
+    eager or compiled: ``tf.function``, XLA, ``jax.jit``); every random number comes from
+    the stream key given (:func:`cvae_pms.backend.stream_key`), the same under every backend.
     The forward-model error (:class:`cvae_pms.xp.model_error.ModelError`, from the config's
     ``noise.model_error`` unless given) is drawn at each row's true T_eff (``teff``; None:
     the population-average term).
     """
 
     def __init__(self, featuriser, noise_model, noise_cfg: dict, model_error=None):
-        import tensorflow as tf
+        from keras import ops
+
         from cvae_pms.xp.model_error import ModelError
-        self.tf = tf
         self.feat = featuriser
         self.model = noise_model
         self.cfg = dict(noise_cfg)
@@ -189,47 +192,50 @@ class TrainingNoise:
         # (110,) -> flux (343,) in W m^-2 nm^-1.
         from cvae_pms.xp.flux_fit import ridge_projection
         from cvae_pms.xp.sampling import calibration_matrices
-        self.calibration = tf.constant(np.vstack(calibration_matrices()), tf.float32)
-        self.me_coefficients = tf.constant(ridge_projection(MODEL_ERROR_RIDGE_ALPHA).T,
-                                           tf.float32)
+        self.calibration = ops.convert_to_tensor(np.vstack(calibration_matrices()), "float32")
+        self.me_coefficients = ops.convert_to_tensor(ridge_projection(MODEL_ERROR_RIDGE_ALPHA).T,
+                                                     "float32")
 
     def observe_at(self, bp0, rp0, g0, g, n_transits, seed, standardise: bool = True,
                    copies: int = 1, teff=None):
         """Features (n k, 686) and log10 norm (n k,) of noisy observations at magnitude ``g``.
 
         ``bp0, rp0`` (n, 55) noiseless coefficients of magnitude ``g0`` (n,); ``g`` and
-        ``n_transits`` (n,); ``seed`` a stateless seed (2,). With ``copies = k`` every row gets
+        ``n_transits`` (n,); ``seed`` a stream key or seed (anything
+        :func:`cvae_pms.backend.stream_key` takes). With ``copies = k`` every row gets
         k independent noise draws at the same G and transits (rows repeated as
-        ``tf.repeat(..., k, axis=0)``): the Fisher matrix of the noise-free spectrum and its
+        ``ops.repeat(..., k, axis=0)``): the Fisher matrix of the noise-free spectrum and its
         Cholesky factor, which the draws need, are computed once per row. The error features
         come, as in the archive, from the noise model at each *noisy* draw (one more Fisher
-        matrix and triangular solve per draw; :func:`cvae_pms.xp.noise.tf_draw_observation`
+        matrix and triangular solve per draw; :func:`cvae_pms.xp.noise.ops_draw_observation`
         explains why errors at the noise-free spectrum are wrong).
         """
-        tf = self.tf
-        from cvae_pms.xp.noise import tf_draw_from_cholesky, tf_information_cholesky
-        s = tf.pow(10.0, -0.4 * (tf.cast(g, tf.float32) - tf.cast(g0, tf.float32)))[:, None]
-        bp, rp = tf.cast(bp0, tf.float32) * s, tf.cast(rp0, tf.float32) * s
-        seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 3)
+        from keras import ops
+
+        from cvae_pms import backend
+        from cvae_pms.xp.noise import ops_draw_from_cholesky, ops_information_cholesky
+        s = ops.power(10.0, -0.4 * (ops.cast(g, "float32") - ops.cast(g0, "float32")))[:, None]
+        bp, rp = ops.cast(bp0, "float32") * s, ops.cast(rp0, "float32") * s
+        keys = backend.split_key(seed, 3)
         # The forward-model error first, at the noise-free flux of each copy (the star's true
         # spectrum is model x (1 + delta); simulate_observations), mapped to coefficients.
-        c0 = tf.repeat(tf.concat([bp, rp], axis=1), copies, axis=0)        # (n k, 110)
-        t_rep = None if teff is None else tf.repeat(tf.reshape(teff, [-1]), copies, axis=0)
-        d = tf.cast(self.model_error.tf_draw(c0 @ self.calibration, t_rep, seeds[2])
-                    @ self.me_coefficients, tf.float64)                     # (n k, 110)
+        c0 = ops.repeat(ops.concatenate([bp, rp], axis=1), copies, axis=0)   # (n k, 110)
+        t_rep = None if teff is None else ops.repeat(ops.reshape(teff, (-1,)), copies, axis=0)
+        d = ops.cast(ops.matmul(self.model_error.ops_draw(ops.matmul(c0, self.calibration),
+                                                          t_rep, keys[2]),
+                                self.me_coefficients), "float64")           # (n k, 110)
         # One float64 Cholesky of each Fisher matrix of the noise-free spectrum: draws
         # L_F^{-T} z (simulate draws at the perturbed spectrum: the noise amplitude differs
         # by the model error's ~1-3 %, well below what the parity tests resolve).
-        chols = tf_information_cholesky(bp, rp, n_transits, self.model)
+        chols = ops_information_cholesky(bp, rp, n_transits, self.model)
         obs = []
         for k, (c, chol) in enumerate(zip((bp, rp), chols)):
-            z = tf.random.stateless_normal(tf.concat([tf.shape(c)[:1], [copies, 55]], 0),
-                                           seed=seeds[k], dtype=tf.float64)
-            noise = tf_draw_from_cholesky(chol, z)                        # (n, copies, 55)
-            obs.append(tf.reshape(tf.cast(c, tf.float64)[:, None] + noise, [-1, 55])
+            z = backend.normal(keys[k], (ops.shape(c)[0], copies, 55), "float64")
+            noise = ops_draw_from_cholesky(chol, z)                        # (n, copies, 55)
+            obs.append(ops.reshape(ops.cast(c, "float64")[:, None] + noise, (-1, 55))
                        + d[:, 55 * k:55 * (k + 1)])
-        nt_obs = tf.repeat(tf.cast(tf.reshape(n_transits, [-1]), tf.float64), copies, axis=0)
-        chols_obs = tf_information_cholesky(obs[0], obs[1], nt_obs, self.model)
+        nt_obs = ops.repeat(ops.cast(ops.reshape(n_transits, (-1,)), "float64"), copies, axis=0)
+        chols_obs = ops_information_cholesky(obs[0], obs[1], nt_obs, self.model)
         var = self.feat.flux_variance_from_information(obs[0], obs[1], chols_obs)
         flux, unit = self.feat.scaled_flux(obs[0], obs[1])
         var = var + self.feat.model_error_variance(flux)
@@ -238,15 +244,18 @@ class TrainingNoise:
     def observe(self, bp0, rp0, g0, seed, standardise: bool = True, copies: int = 1,
                 return_g: bool = False, teff=None):
         """:meth:`observe_at` with G and transits drawn per row (``return_g``: also G (n,));
-        ``teff`` (n,) [K] the rows' true T_eff for the model-error draw."""
-        tf = self.tf
+        ``teff`` (n,) [K] the rows' true T_eff for the model-error draw; ``seed`` as there."""
+        from keras import ops
+
+        from cvae_pms import backend
         c = self.cfg
-        seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 3)
-        n = tf.shape(bp0)[:1]
-        g = tf.random.stateless_uniform(n, seeds[0], c["g_min"], c["g_max"])
-        nt = tf.floor(tf.random.stateless_uniform(n, seeds[1], float(c["transits_min"]),
-                                                  float(c["transits_max"]) + 1.0))
-        out = self.observe_at(bp0, rp0, g0, g, nt, seeds[2], standardise, copies, teff)
+        keys = backend.split_key(seed, 3)
+        n = ops.shape(bp0)[0]
+        g = c["g_min"] + (c["g_max"] - c["g_min"]) * backend.uniform_like(keys[0], (n,))
+        t_lo, t_hi = float(c["transits_min"]), float(c["transits_max"])
+        nt = ops.minimum(ops.floor(t_lo + (t_hi + 1.0 - t_lo) * backend.uniform_like(keys[1], (n,))),
+                         t_hi)
+        out = self.observe_at(bp0, rp0, g0, g, nt, keys[2], standardise, copies, teff)
         return (*out, g) if return_g else out
 
 
@@ -255,8 +264,8 @@ class TrainingLuminosity:
 
     ``inputs`` turns the noisy log10 norm of a draw of :meth:`TrainingNoise.observe` and the
     G it was scaled to into the 3 luminosity inputs, with a parallax drawn by
-    :func:`cvae_pms.astrometry.tf_draw_parallax` and the channel computed exactly as at
-    inference (:func:`cvae_pms.astrometry.tf_luminosity_channel`).
+    :func:`cvae_pms.astrometry.ops_draw_parallax` and the channel computed exactly as at
+    inference (:func:`cvae_pms.astrometry.ops_luminosity_channel`).
     """
 
     def __init__(self, featuriser, lum_cfg: dict, reference_distance_pc: float):
@@ -265,14 +274,16 @@ class TrainingLuminosity:
         self.d_ref = float(reference_distance_pc)
 
     def raw(self, log10_norm, g0, g, seed, copies: int = 1):
-        """(value, error, present) (n copies,) of rows scaled from ``g0`` to ``g`` (n,)."""
-        import tensorflow as tf
-        from cvae_pms.astrometry import tf_draw_parallax, tf_luminosity_channel
+        """(value, error, present) (n copies,) of rows scaled from ``g0`` to ``g`` (n,);
+        ``seed`` a stream key or seed (:func:`cvae_pms.backend.stream_key`)."""
+        from keras import ops
+
+        from cvae_pms.astrometry import ops_draw_parallax, ops_luminosity_channel
         c = self.cfg
-        plx, err = tf_draw_parallax(tf.repeat(g0, copies, axis=0), tf.repeat(g, copies, axis=0),
-                                    self.d_ref, (c["frac_error_min"], c["frac_error_max"]),
-                                    c["drop_fraction"], seed)
-        return tf_luminosity_channel(log10_norm, plx, err, c["min_parallax_over_error"])
+        plx, err = ops_draw_parallax(ops.repeat(g0, copies, axis=0), ops.repeat(g, copies, axis=0),
+                                     self.d_ref, (c["frac_error_min"], c["frac_error_max"]),
+                                     c["drop_fraction"], seed)
+        return ops_luminosity_channel(log10_norm, plx, err, c["min_parallax_over_error"])
 
     def inputs(self, log10_norm, g0, g, seed, copies: int = 1):
         """The 3 standardised luminosity inputs (n copies, 3)."""
@@ -280,6 +291,6 @@ class TrainingLuminosity:
 
 
 def unit_teff(x):
-    """T_eff [K] from [0, 1]-scaled parameters (n, 7) (numpy or TF tensors alike)."""
+    """T_eff [K] from [0, 1]-scaled parameters (n, 7) (numpy arrays or tensors alike)."""
     i = P.INDEX["teff"]
     return float(P.LOW[i]) + x[:, i] * float(P.HIGH[i] - P.LOW[i])

@@ -118,3 +118,40 @@ def test_the_cli_runs_on_jax(real_xp, tmp_path):
             outs[name] = f["samples"][...].astype(np.float64)
             assert f.attrs["backend"] == name
     np.testing.assert_allclose(outs["jax"], outs["tensorflow"], rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.slow
+def test_a_run_trained_under_jax_infers_and_resumes_under_tensorflow(real_xp, tmp_path):
+    """``cvae-pms --backend jax train`` writes a model dir and checkpoints that TensorFlow
+    reads: the same samples for the same seed, and ``--resume`` continues the run."""
+    import helpers_infer as h
+    from cvae_pms.training import train
+    from cvae_pms.training.history import read_history
+
+    grid = h.make_grid(tmp_path / "grid.h5", n=1500)
+    run = tmp_path / "run"
+    xp_file = real_xp / "gaiaxpy_samples" / "XP_CONTINUOUS_RAW.csv"
+    sets = ["--set", "training.steps_per_epoch=10", "--set", "annealing.start=0",
+            "--set", "annealing.end=1"]
+    code = ("import sys; sys.path.insert(0, 'tests'); import helpers_infer as h, numpy as np; "
+            "from cvae_pms import backend; backend.select('jax'); "
+            "from cvae_pms.training import train; import cvae_pms; "
+            f"train({str(grid)!r}, 'cpu-quick', {str(run)!r}, overrides=('training.epochs=2', "
+            "'training.steps_per_epoch=10', 'annealing.start=0', 'annealing.end=1'), "
+            "noise_model=h.noise_model(), log=print); "
+            f"r = cvae_pms.load({str(run)!r}).sample({str(xp_file)!r}, n=300, seed=2); "
+            f"np.save({str(tmp_path / 'jax.npy')!r}, r.samples)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "KERAS_BACKEND": "jax"}, cwd=ROOT, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "jax backend" in proc.stdout
+    import cvae_pms
+    got = cvae_pms.load(run).sample(xp_file, n=300, seed=2).samples
+    want = np.load(tmp_path / "jax.npy")
+    close = np.isclose(got, want, rtol=1e-3, atol=1e-3)
+    assert close.mean() > 0.999, f"{(~close).sum()} of {close.size} samples differ"
+    res = train(grid, "cpu-quick", run, resume=True, noise_model=h.noise_model(),
+                overrides=("training.epochs=3",) + tuple(s for s in sets if s != "--set"),
+                log=lambda s: None)
+    assert res.epochs_run == 1
+    assert [r["epoch"] for r in read_history(run / "history.csv")] == [0, 1, 2]

@@ -215,15 +215,15 @@ def test_flux_variance_from_covariance_equals_from_information(feat, g):
     """diag(A^T Cov A) computed two ways agrees: from the coefficient covariances (inference,
     float32 inputs as :meth:`Featuriser.numpy` passes them) and from the Cholesky factors of
     the Fisher matrices (training), for noise-free and noisy spectra of cool/reddened stars."""
-    from cvae_pms.xp.noise import (draw_observation, tf_covariance_from_cholesky,
-                                   tf_information_cholesky)
+    from cvae_pms.xp.noise import (draw_observation, ops_covariance_from_cholesky,
+                                   ops_information_cholesky)
     from cvae_pms.xp.photometry import scale_to_g
     bp, rp, _ = scale_to_g(*_stars(), g)
     nt = np.array([20.0, 40.0, 60.0])
     bp_o, rp_o, _, _ = draw_observation(bp, rp, nt, np.random.default_rng(4))
     bp, rp, nt = np.concatenate([bp, bp_o]), np.concatenate([rp, rp_o]), np.tile(nt, 2)
-    chols = tf_information_cholesky(bp, rp, nt)
-    covs = [tf_covariance_from_cholesky(c).numpy().astype(np.float32) for c in chols]
+    chols = ops_information_cholesky(bp, rp, nt)
+    covs = [ops_covariance_from_cholesky(c).numpy().astype(np.float32) for c in chols]
     f32 = [tf.constant(a, tf.float32) for a in (bp, rp, *covs)]
     v_cov = feat.flux_variance(*f32).numpy()
     v_inf = feat.flux_variance_from_information(tf.constant(bp), tf.constant(rp), chols).numpy()

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from cvae_pms import params
 from cvae_pms import posterior_file as pf
 from cvae_pms.astrometry import (AstrometryError, luminosity_channel, read_astrometry,
-                                 tf_draw_parallax, tf_luminosity_channel)
+                                 ops_draw_parallax, ops_luminosity_channel)
 from cvae_pms.cli import main
 from cvae_pms.features import N_FEATURES, FeatureSpec, Featuriser
 from cvae_pms.infer import InferError, cached_model, infer
@@ -68,7 +68,7 @@ def test_channel_equals_the_analytic_formula():
     # zero point is added: 99.983 + 0.017 = 100 mas
     v_zp, _, _ = luminosity_channel(lg[3:], plx[3:], err[3:], zero_point_mas=0.017)
     assert v_zp[0] == pytest.approx(-14.0)
-    v_tf, e_tf, p_tf = tf_luminosity_channel(lg, plx, err, 5.0)
+    v_tf, e_tf, p_tf = ops_luminosity_channel(lg, plx, err, 5.0)
     np.testing.assert_allclose(v_tf.numpy(), value, atol=1e-5)
     np.testing.assert_allclose(e_tf.numpy(), error, rtol=1e-5)
     assert (p_tf.numpy() == present).all()
@@ -95,7 +95,7 @@ def test_bad_parallaxes_are_missing_with_zero_inputs():
 def test_training_parallax_draw():
     n = 20000
     g0, g = np.full(n, 5.0, np.float32), np.full(n, 10.0, np.float32)   # 5 mag fainter: 100 pc
-    plx, err = tf_draw_parallax(g0, g, D_REF_PC, (0.01, 0.3), 0.2, tf.constant([3, 4], tf.int64))
+    plx, err = ops_draw_parallax(g0, g, D_REF_PC, (0.01, 0.3), 0.2, tf.constant([3, 4], tf.int64))
     plx, err = plx.numpy(), err.numpy()
     kept = np.isfinite(plx)
     assert abs(kept.mean() - 0.8) < 0.02

@@ -96,11 +96,11 @@ def test_empirical_model_error_depends_on_teff_and_survives_projection(star):
         out[teff] = np.median(z.std(axis=0)[BAND])
     assert out[3400.0] > 1.5 * out[6500.0]
     assert out[6500.0] < out[None] < out[3400.0]
-    # the numpy and TensorFlow draws have the same per-pixel variance
+    # the numpy and keras.ops draws have the same per-pixel variance
     import tensorflow as tf
     flux = np.repeat(f0[None], n, 0).astype(np.float32)
-    tfd = term.tf_draw(tf.constant(flux), tf.constant(np.full(n, 4000.0, np.float32)),
-                       tf.constant([1, 2], tf.int64)).numpy() / flux
+    tfd = term.ops_draw(tf.constant(flux), tf.constant(np.full(n, 4000.0, np.float32)),
+                        tf.constant([1, 2], tf.int64)).numpy() / flux
     npd = term.draw(flux, np.full(n, 4000.0), np.random.default_rng(5)) / flux
     ratio = tfd.std(0)[BAND] / npd.std(0)[BAND]
     assert abs(np.median(ratio) - 1) < 0.03

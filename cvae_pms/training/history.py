@@ -58,13 +58,3 @@ def _draw_history(plt, ep: list[int], rows: list[dict], annealing: dict) -> byte
     fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
     return buf.getvalue()
-
-
-def tb_scalar(tag: str, value: float, step: int) -> None:
-    """Write a TensorBoard scalar with the core op (the tensorboard package is optional)."""
-    import tensorflow as tf
-    from tensorflow.core.framework import summary_pb2
-    meta = summary_pb2.SummaryMetadata()
-    meta.plugin_data.plugin_name = "scalars"
-    tf.summary.write(tag, tf.constant(float(value), tf.float32), step=step,
-                     metadata=meta.SerializeToString())

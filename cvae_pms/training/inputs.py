@@ -93,7 +93,7 @@ def _standardise(feat, noise: TrainingNoise, lum: TrainingLuminosity | None, row
                  cfg: dict, grid_path) -> np.ndarray | None:
     """Set the feature mean/std from noisy draws of the first training rows; returns the
     whitening kernel when ``model.whiten`` asks for one (else None)."""
-    import tensorflow as tf
+    from cvae_pms import backend
     from cvae_pms.model.networks import whitening_matrix
     tcfg, lcfg = cfg["training"], cfg["luminosity"]
     seed = int(tcfg["seed"])
@@ -101,15 +101,15 @@ def _standardise(feat, noise: TrainingNoise, lum: TrainingLuminosity | None, row
     raw, raw_lum = [], []
     for i in range(0, k, 1024):
         sl = slice(i, min(i + 1024, k))
-        s_i = tf.constant([seed, 2**31 - 2 - i], tf.int64)
+        s_i = backend.stream_key([seed, 2**31 - 2 - i])
         y, lg, g = noise.observe(rows.bp[sl], rows.rp[sl], rows.g[sl],
                                  s_i, standardise=False, return_g=True,
                                  teff=rows.teff[sl].astype(np.float32))
-        raw.append(y.numpy())
+        raw.append(backend.to_numpy(y))
         if lum is not None:
-            value, error, present = lum.raw(lg, rows.g[sl], g,
-                                            tf.random.experimental.stateless_fold_in(s_i, 7))
-            raw_lum.append(np.stack([value.numpy(), error.numpy()], 1)[present.numpy()])
+            value, error, present = lum.raw(lg, rows.g[sl], g, backend.fold_in(s_i, 7))
+            value, error, present = backend.to_numpy((value, error, present))
+            raw_lum.append(np.stack([value, error], 1)[present])
     raw = np.concatenate(raw)
     if not np.isfinite(raw).all():
         raise TrainingError(f"{grid_path}: non-finite features from training rows "
@@ -132,16 +132,17 @@ def _standardise(feat, noise: TrainingNoise, lum: TrainingLuminosity | None, row
 def _validation_features(noise: TrainingNoise, lum: TrainingLuminosity | None,
                          rows: GridRows, seed: int) -> np.ndarray:
     """Standardised features of the validation rows, one fixed noise draw per run."""
-    import tensorflow as tf
+    from keras import ops
+
+    from cvae_pms import backend
 
     def block(i: int) -> np.ndarray:
-        s_i = tf.constant([seed, 2**31 - 3 - i], tf.int64)
+        s_i = backend.stream_key([seed, 2**31 - 3 - i])
         sl = slice(i, i + 1024)
         y, lg, g = noise.observe(rows.bp[sl], rows.rp[sl], rows.g[sl], s_i,
                                  return_g=True, teff=rows.teff[sl].astype(np.float32))
         if lum is not None:
-            y = tf.concat([y, lum.inputs(lg, rows.g[sl], g,
-                                         tf.random.experimental.stateless_fold_in(s_i, 7))], 1)
-        return y.numpy()
+            y = ops.concatenate([y, lum.inputs(lg, rows.g[sl], g, backend.fold_in(s_i, 7))], 1)
+        return backend.to_numpy(y)
 
     return np.concatenate([block(i) for i in range(0, len(rows), 1024)])

@@ -1,8 +1,8 @@
 """The fit loop: the compiled training step (noise drawn inside it), validation, KL
 annealing, early stopping, and the weights, checkpoint and history written every epoch.
 
-Random numbers are stateless, keyed on (seed, epoch, step), so a run resumed from a
-checkpoint gives the same weights as an uninterrupted one.
+Random numbers are keyed on (seed, epoch, step) (:func:`cvae_pms.backend.stream_key`), so a
+run resumed from a checkpoint gives the same weights as an uninterrupted one.
 """
 from __future__ import annotations
 
@@ -13,11 +13,9 @@ from typing import Callable
 
 import numpy as np
 
-from cvae_pms.simulator import unit_teff
-
 from .config import TrainingError
 from .data import TrainingData
-from .history import HISTORY_COLUMNS, tb_scalar, write_history
+from .history import HISTORY_COLUMNS, write_history
 from .inputs import Batching, TrainingInputs
 from .state import TrainingState
 
@@ -35,49 +33,25 @@ class FitOutcome:
 
 def make_steps(state: TrainingState, inputs: TrainingInputs, batching: Batching, strategy, *,
                prior_warmup: bool, mixed_precision: bool, jit_compile: bool):
-    """The compiled ``train_step(bp0, rp0, g0, x, seed_t)`` (noise, loss, gradient step on
-    every replica) and ``val_step(y, x, seed_t)``; both return the loss terms."""
-    import tensorflow as tf
-    from cvae_pms.model.cvae import cvae_terms, training_loss
-    net, opt, noise, lum = state.net, state.opt, inputs.noise, inputs.lum
-    copies = batching.copies
-    latent = net.config.latent
-    n_rep = strategy.num_replicas_in_sync
+    """The compiled steps of the backend in use (:class:`~.steps_tf.TFSteps` or
+    :class:`~.steps_jax.JaxSteps`): noise path, loss and gradient step; validation terms."""
+    from cvae_pms import backend
+    if backend.name() == "jax":
+        from .steps_jax import JaxSteps as Steps
+    else:
+        from .steps_tf import TFSteps as Steps
+    return Steps(state, inputs, batching, strategy, prior_warmup=prior_warmup,
+                 mixed_precision=mixed_precision, jit_compile=jit_compile)
 
-    def replica_step(bp0, rp0, g0, x, seed_t, beta, t_low, t_high):
-        rid = tf.distribute.get_replica_context().replica_id_in_sync_group
-        s = tf.random.experimental.stateless_fold_in(seed_t, tf.cast(rid, tf.int64))
-        s_noise, s_z = tf.unstack(tf.random.experimental.stateless_split(s, 2))
-        y, lg, g = noise.observe(bp0, rp0, g0, s_noise, copies=copies, return_g=True,
-                                 teff=unit_teff(x))
-        if lum is not None:
-            y = tf.concat([y, lum.inputs(lg, g0, g, tf.random.experimental.stateless_fold_in(
-                s_noise, 7), copies)], axis=1)
-        x = tf.repeat(x, copies, axis=0)
-        eps = tf.random.stateless_normal(tf.stack([tf.shape(x)[0], latent]), seed=s_z)
-        with tf.GradientTape() as tape:
-            h_loss, kl, prior_fit = cvae_terms(net, y, x, eps, t_low, t_high,
-                                               with_prior_fit=True)
-            loss = h_loss + beta * kl
-            objective = training_loss(h_loss, kl, prior_fit, beta, prior_warmup)
-            scaled = objective / n_rep
-            if mixed_precision:
-                scaled = opt.scale_loss(scaled)
-        grads = tape.gradient(scaled, net.trainable_variables)
-        opt.apply_gradients(zip(grads, net.trainable_variables))
-        return tf.stack([h_loss, kl, loss]) / n_rep
 
-    @tf.function(jit_compile=jit_compile)
-    def train_step(bp0, rp0, g0, x, seed_t, beta, t_low, t_high):
-        per = strategy.run(replica_step, args=(bp0, rp0, g0, x, seed_t, beta, t_low, t_high))
-        return strategy.reduce(tf.distribute.ReduceOp.SUM, per, axis=None)
-
-    @tf.function
-    def val_step(y, x, seed_t, t_low, t_high):
-        eps = tf.random.stateless_normal(tf.stack([tf.shape(x)[0], latent]), seed=seed_t)
-        return tf.stack(cvae_terms(net, y, x, eps, t_low, t_high))
-
-    return train_step, val_step
+def select_device(mixed_precision: bool, log: Callable[[str], None]):
+    """(device description, distribution strategy or None) of the backend in use."""
+    from cvae_pms import backend
+    if backend.name() == "jax":
+        from .steps_jax import select_device as select
+    else:
+        from .steps_tf import select_device as select
+    return select(mixed_precision, log)
 
 
 @dataclass
@@ -91,9 +65,7 @@ class FitLoop:
     state: TrainingState
     batching: Batching
     annealing: object           # cvae_pms.model.cvae.Annealing
-    strategy: object
-    train_step: Callable
-    val_step: Callable
+    steps: object               # TFSteps or JaxSteps (make_steps)
     log: Callable[[str], None]
 
     @property
@@ -102,10 +74,8 @@ class FitLoop:
 
     def fit(self, history: list[dict]) -> FitOutcome:
         """Run the epochs, appending to ``history``; stops early on ``val_L`` patience."""
-        import tensorflow as tf
         tcfg = self.cfg["training"]
         b = self.batching
-        writer = tf.summary.create_file_writer(str(self.run / "tensorboard"))
         start_epoch = self.state.epoch
         stop_reason = "finished"
         t_train, n_trained = 0.0, 0
@@ -113,20 +83,20 @@ class FitLoop:
             t0 = time.time()
             self._set_annealing(epoch)
             tr = self._train_epoch(epoch)
+            self.steps.push()
             dt = time.time() - t0
             t_train += dt
             n_trained += b.steps * b.rows * b.copies
             vs = self._validate()
             row = self._history_row(epoch, tr, vs, history, t0, dt)
             history.append(row)
-            self._report(writer, epoch, row)
+            self._report(epoch, row)
             stop = self._save_epoch(epoch, vs, history)
             if stop:
                 stop_reason = (f"early stopping: val_L = val_H + val_KL did not improve for "
                                f"{tcfg['early_stopping_patience']} epochs")
                 self.log(stop_reason)
                 break
-        writer.flush()
         return FitOutcome(history=history, stop_reason=stop_reason, start_epoch=start_epoch,
                           t_train=t_train, n_trained=n_trained)
 
@@ -134,31 +104,21 @@ class FitLoop:
         self.state.beta = float(self.annealing.beta(epoch))
         self.state.t_low, self.state.t_high = map(float, self.annealing.truncation_bounds(epoch))
 
-    def _epoch_dataset(self, epoch: int):
-        """This epoch's shuffled rows in batches (distributed over the replicas)."""
-        import tensorflow as tf
-        rows, b = self.data.train_rows, self.batching
-        perm = np.random.default_rng([self.seed, epoch]).permutation(len(rows))
-        perm = np.resize(perm, b.steps * b.rows)  # wraps around when steps_per_epoch > one pass
-        ds = tf.data.Dataset.from_tensor_slices((rows.bp[perm], rows.rp[perm],
-                                                 rows.g[perm], rows.x[perm]))
-        return self.strategy.experimental_distribute_dataset(
-            ds.batch(b.rows, drop_remainder=True).prefetch(2))
-
     def _train_epoch(self, epoch: int) -> np.ndarray:
         """Mean (H, KL, L) over the epoch's steps; a non-finite loss saves the state to
         ``checkpoints/nonfinite`` and raises."""
-        import tensorflow as tf
+        rows, b, st = self.data.train_rows, self.batching, self.state
+        perm = np.random.default_rng([self.seed, epoch]).permutation(len(rows))
+        perm = np.resize(perm, b.steps * b.rows)  # wraps around when steps_per_epoch > one pass
         sums = np.zeros(3)
-        for step, (bp0, rp0, g0, x) in enumerate(self._epoch_dataset(epoch)):
-            seed_t = tf.constant([self.seed, epoch * 1_000_000 + step], tf.int64)
-            st = self.state
-            vals = self.train_step(bp0, rp0, g0, x, seed_t, np.float32(st.beta),
-                                   np.float32(st.t_low), np.float32(st.t_high)).numpy()
+        for step, batch in enumerate(self.steps.batches(rows, perm)):
+            seed = np.array([self.seed, epoch * 1_000_000 + step], np.int64)
+            vals = self.steps.train(batch, seed, st.beta, st.t_low, st.t_high)
             if not np.isfinite(vals).all():
+                self.steps.push()
                 self._nonfinite(epoch, step, vals)
             sums += vals
-        return sums / self.batching.steps
+        return sums / b.steps
 
     def _nonfinite(self, epoch: int, step: int, vals: np.ndarray) -> None:
         st = self.state
@@ -173,16 +133,14 @@ class FitLoop:
 
     def _validate(self) -> np.ndarray:
         """Row-weighted mean (val_H, val_KL) over the fixed validation features."""
-        import tensorflow as tf
         val_y, val_x, bs = self.inputs.val_y, self.data.val_rows.x, self.batching.rows
+        st = self.state
         vs = np.zeros(2)
         nb = 0
         for i in range(0, len(val_y), bs):
             w = len(val_y[i:i + bs])
-            vs += w * self.val_step(tf.constant(val_y[i:i + bs]), tf.constant(val_x[i:i + bs]),
-                                    tf.constant([self.seed, 2**31 - 5 - i], tf.int64),
-                                    np.float32(self.state.t_low),
-                                    np.float32(self.state.t_high)).numpy()
+            seed = np.array([self.seed, 2**31 - 5 - i], np.int64)
+            vs += w * self.steps.val(val_y[i:i + bs], val_x[i:i + bs], seed, st.t_low, st.t_high)
             nb += w
         return vs / nb
 
@@ -196,11 +154,10 @@ class FitLoop:
                 "time_s": (history[-1]["time_s"] if history else 0.0) + time.time() - t0,
                 "samples_per_s": b.steps * b.rows * b.copies / dt}
 
-    def _report(self, writer, epoch: int, row: dict) -> None:
-        """TensorBoard scalars and the log line of one epoch."""
-        with writer.as_default(step=epoch):
-            for k in HISTORY_COLUMNS[1:]:
-                tb_scalar(k, row[k], epoch)
+    def _report(self, epoch: int, row: dict) -> None:
+        """TensorBoard scalars (TensorFlow backend) and the log line of one epoch."""
+        self.steps.scalars(self.run / "tensorboard", epoch,
+                           {k: row[k] for k in HISTORY_COLUMNS})
         self.log(f"epoch {epoch:4d} beta {row['beta']:.3f} H {row['H']:9.3f} "
                  f"KL {row['KL']:8.3f} L {row['L']:9.3f} val_H {row['val_H']:9.3f} "
                  f"lr {row['lr']:.2e} {row['samples_per_s']:.0f} samples/s")

@@ -30,8 +30,7 @@ def build_ood_index(run_dir: str | os.PathLike, n_ref: int = 4000, n_cal: int = 
     Raises:
         OODError: the training grid is missing or changed, or a split is empty.
     """
-    import tensorflow as tf
-
+    from cvae_pms import backend
     from cvae_pms.grid.gridfile import GridError, open_grid
     from cvae_pms.model.rundir import check_training_grid, load_run
     from cvae_pms.model.rundir import model_hash as hash_of
@@ -77,10 +76,9 @@ def build_ood_index(run_dir: str | os.PathLike, n_ref: int = 4000, n_cal: int = 
             out = []
             for i in range(0, n, 1024):
                 sl = slice(i, i + 1024)
-                y, _ = noise.observe(tf.constant(bp[sl], tf.float32),
-                                     tf.constant(rp[sl], tf.float32), tf.constant(g0[sl]),
-                                     tf.constant([seed, 1000 * j + i // 1024], tf.int64))
-                out.append(y.numpy())
+                y, _ = noise.observe(bp[sl].astype(np.float32), rp[sl].astype(np.float32),
+                                     g0[sl], (seed, 1000 * j + i // 1024))
+                out.append(backend.to_numpy(y))
             feats.append(np.concatenate(out))
     index = fit_ood_index(feats[0], feats[1], k=k, prior_unit=prior_unit,
                           meta={"model_hash": model_hash, "seed": seed, "n_ref": feats[0].shape[0],

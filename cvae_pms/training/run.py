@@ -2,7 +2,8 @@
 
 1. :func:`prepare_run`: resolve the config; on ``--resume`` find the newest intact checkpoint
    (or restart a run that has none from scratch) and take the stored config.
-2. :func:`parse_annealing` and :func:`select_device`: the schedule, the distribution strategy.
+2. :func:`parse_annealing` and :func:`~cvae_pms.training.loop.select_device`: the schedule,
+   the device (and TensorFlow distribution strategy).
 3. :func:`~cvae_pms.training.data.load_training_data`: grid rows and their split.
 4. :func:`~cvae_pms.training.inputs.build_inputs`: noise path, feature standardisation and
    the fixed validation features.
@@ -90,7 +91,7 @@ def _train(grid_path: str | Path, config: str | Path, out: str | Path, *, resume
 
     from .data import load_training_data
     from .inputs import build_inputs, load_model_error, plan_batches
-    from .loop import FitLoop, make_steps
+    from .loop import FitLoop, make_steps, select_device
     from .state import build_state
 
     t_start = time.time()
@@ -108,12 +109,11 @@ def _train(grid_path: str | Path, config: str | Path, out: str | Path, *, resume
                         total_steps=batching.total_steps, mixed_precision=mixed_precision,
                         resume=plan.resume)
     history = restore_or_record(plan, state, data, inputs, noise_model, model_error, log)
-    train_step, val_step = make_steps(state, inputs, batching, strategy,
-                                      prior_warmup=prior_warmup, mixed_precision=mixed_precision,
-                                      jit_compile=bool(cfg["training"]["jit_compile"]))
+    steps = make_steps(state, inputs, batching, strategy, prior_warmup=prior_warmup,
+                       mixed_precision=mixed_precision,
+                       jit_compile=bool(cfg["training"]["jit_compile"]))
     loop = FitLoop(run=run, cfg=cfg, data=data, inputs=inputs, state=state, batching=batching,
-                   annealing=annealing, strategy=strategy, train_step=train_step,
-                   val_step=val_step, log=log)
+                   annealing=annealing, steps=steps, log=log)
     outcome = loop.fit(history)
     return finish(plan, outcome, mixed_precision=mixed_precision, device=device,
                   t_start=t_start)
@@ -189,21 +189,6 @@ def parse_annealing(cfg: dict):
         raise TrainingError(f"noise config: need g_min < g_max and 1 <= transits_min <= "
                             f"transits_max, got {ncfg}")
     return annealing, prior_warmup
-
-
-def select_device(mixed_precision: bool, log: Callable[[str], None]):
-    """(device description, distribution strategy): MirroredStrategy over several GPUs;
-    sets the mixed-precision policy when asked (reset by :func:`finish`)."""
-    import keras
-    import tensorflow as tf
-    gpus = tf.config.list_physical_devices("GPU")
-    device = f"{len(gpus)} GPU(s)" if gpus else "CPU only (no GPU visible to TensorFlow)"
-    log(f"training on {device}")
-    strategy = tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
-    if mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_float16")
-        log("mixed precision: float16 compute, float32 heads and loss")
-    return device, strategy
 
 
 def restore_or_record(plan: RunPlan, state, data, inputs, noise_model, model_error,

@@ -155,30 +155,36 @@ class ModelError:
                  + np.einsum("nb,bp,nbp->np", w, self.diag, z2))
         return np.abs(flux) * delta
 
-    def tf_draw(self, flux, teff_k, seed):
-        """TensorFlow twin of :meth:`draw` (float32; ``teff_k`` (n,) tensor or None;
-        ``seed`` a stateless seed (2,))."""
-        import tensorflow as tf
-        n = tf.shape(flux)[0]
+    def ops_draw(self, flux, teff_k, key):
+        """keras.ops twin of :meth:`draw` (float32, any backend): ``flux`` (n, 343) tensor,
+        ``teff_k`` (n,) [K] tensor or None, ``key`` a stream key or seed
+        (:func:`cvae_pms.backend.stream_key`)."""
+        from keras import ops
+
+        from cvae_pms import backend
+        flux = ops.cast(flux, "float32")
+        n = ops.shape(flux)[0]
         b, k = self.teff_nodes.size, self.factors.shape[2]
+        ones = ops.ones_like(flux[:, :1])                                        # (n, 1)
         if teff_k is None or b == 1:
-            w = tf.fill([n, b], tf.constant(1.0 / b if teff_k is None else 1.0, tf.float32))
+            w = ones * (1.0 / b if teff_k is None else 1.0) * ops.ones((b,), "float32")
         else:
-            t = tf.clip_by_value(tf.cast(teff_k, tf.float32), float(self.teff_nodes[0]),
-                                 float(self.teff_nodes[-1]))
-            nodes = tf.constant(self.teff_nodes, tf.float32)
-            lo = tf.clip_by_value(tf.searchsorted(nodes, t, side="right") - 1, 0, b - 2)
-            x0, x1 = tf.gather(nodes, lo), tf.gather(nodes, lo + 1)
+            t = ops.clip(ops.cast(teff_k, "float32"), float(self.teff_nodes[0]),
+                         float(self.teff_nodes[-1]))
+            nodes = ops.convert_to_tensor(self.teff_nodes, "float32")
+            lo = ops.clip(ops.cast(ops.searchsorted(nodes, t, side="right"), "int32") - 1, 0, b - 2)
+            x0, x1 = ops.take(nodes, lo), ops.take(nodes, lo + 1)
             frac = (t - x0) / (x1 - x0)
-            w = (tf.one_hot(lo, b) * (1.0 - frac)[:, None] + tf.one_hot(lo + 1, b) * frac[:, None])
-        w = tf.sqrt(w)
-        seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 2)
-        z = tf.random.stateless_normal(tf.stack([n, b, k]), seed=seeds[0])
-        delta = tf.einsum("nb,bpk,nbk->np", w, tf.constant(self.factors, tf.float32), z)
+            w = (ops.one_hot(lo, b) * (1.0 - frac)[:, None]
+                 + ops.one_hot(lo + 1, b) * frac[:, None])
+        w = ops.sqrt(w)
+        keys = backend.split_key(key, 2)
+        z = backend.normal(keys[0], (n, b, k))
+        delta = ops.einsum("nb,bpk,nbk->np", w, ops.convert_to_tensor(self.factors, "float32"), z)
         if np.any(self.diag):
-            z2 = tf.random.stateless_normal(tf.stack([n, b, SAMPLING_NM.size]), seed=seeds[1])
-            delta += tf.einsum("nb,bp,nbp->np", w, tf.constant(self.diag, tf.float32), z2)
-        return tf.abs(flux) * delta
+            z2 = backend.normal(keys[1], (n, b, SAMPLING_NM.size))
+            delta += ops.einsum("nb,bp,nbp->np", w, ops.convert_to_tensor(self.diag, "float32"), z2)
+        return ops.abs(flux) * delta
 
     def describe(self) -> str:
         med = np.median(self.reference_fraction[(SAMPLING_NM >= 400) & (SAMPLING_NM <= 1000)])

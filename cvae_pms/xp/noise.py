@@ -25,7 +25,8 @@ The forward-model error is a separate term in flux space, defined once in
 (``model_error_fraction`` per pixel, Gaussian-correlated over ``model_error_corr_nm``: about one
 line-spread sigma), used by :meth:`~cvae_pms.xp.model_error.ModelError.from_config`.
 
-One definition of the formulas: the numpy functions call the TensorFlow ones (float64 inside).
+One definition of the formulas: the numpy functions call the ``keras.ops`` ones (float64 inside,
+any backend; under JAX with x64 on, :func:`cvae_pms.backend.select`).
 """
 from __future__ import annotations
 
@@ -165,19 +166,14 @@ def sample_bases(band: str, n_dither: int) -> np.ndarray:
     return phi
 
 
-# ---------------------------------------------------------------- TensorFlow definitions
-def _tf():
-    import tensorflow as tf  # imported lazily: numpy-only users do not pay for it
-
-    return tf
-
-
-def _tf_inputs(bp, rp, n_transits):
-    tf = _tf()
-    bp = tf.cast(tf.convert_to_tensor(bp), tf.float64)
-    rp = tf.cast(tf.convert_to_tensor(rp), tf.float64)
-    nt = tf.cast(tf.convert_to_tensor(n_transits), tf.float64)
-    nt = tf.broadcast_to(tf.reshape(nt, [-1]), tf.shape(bp)[:1])
+# ---------------------------------------------------------------- tensor definitions (keras.ops)
+def _inputs(bp, rp, n_transits):
+    """bp, rp (n, 55) and n_transits (n,) (or scalar) as float64 tensors."""
+    from keras import ops
+    bp = ops.cast(ops.convert_to_tensor(bp), "float64")
+    rp = ops.cast(ops.convert_to_tensor(rp), "float64")
+    nt = ops.cast(ops.convert_to_tensor(n_transits), "float64")
+    nt = ops.broadcast_to(ops.reshape(nt, (-1,)), (ops.shape(bp)[0],))
     return bp, rp, nt
 
 
@@ -186,7 +182,7 @@ def _fisher_basis(band: str, n_dither: int, rho: float) -> tuple[np.ndarray, np.
     """Precomputed pieces of the Fisher matrix of one band as a single matrix product.
 
     With s_p = sqrt(N / n_dither / Var_p) and whitened AR(1) bases (see
-    :func:`_tf_band_information`), ``Phi W Phi^T = sum_p alpha_p s_p^2 phi_p phi_p^T
+    :func:`_band_information`), ``Phi W Phi^T = sum_p alpha_p s_p^2 phi_p phi_p^T
     + sum_{p >= nd} beta_p s_p s_{p-nd} (phi_p phi_{p-nd}^T + phi_{p-nd} phi_p^T)``, where
     nd = n_dither (the same phase in the previous sample), alpha_p = [p < nd ? 1 : 1/(1-rho^2)]
     + [p < P-nd ? rho^2/(1-rho^2) : 0] and beta_p = -rho/(1-rho^2).
@@ -214,87 +210,92 @@ def _fisher_basis(band: str, n_dither: int, rho: float) -> tuple[np.ndarray, np.
     return outer, alpha, full_index
 
 
-def _tf_band_information(c, nt, band: str, k: int, model: NoiseModel):
+def _band_information(c, nt, band: str, k: int, model: NoiseModel):
     """Fisher matrix Phi W Phi^T (n, 55, 55) float64 of one band, with AR(1)-correlated samples.
 
-    For each of the ``n_dither`` sub-pixel phases (N / n_dither transits each) the 60 samples of a
-    transit have variances Var_u and correlation rho^|i-j|. Whitening the AR(1) noise turns the
-    bases scaled by 1/sqrt(Var_u) into b_0 = a_0, b_i = (a_i - rho a_{i-1}) / sqrt(1 - rho^2);
-    ``sum_i b_i b_i^T`` is evaluated as one (n, 2P - nd) x (2P - nd, 1540) product with the
-    precomputed outer products of :func:`_fisher_basis` (2.5x faster than the batched
-    (55, P) x (P, 55) products on a CPU; equal to 1e-14 relative).
+    ``c`` (n, 55) and ``nt`` (n,) float64 tensors. For each of the ``n_dither`` sub-pixel phases
+    (N / n_dither transits each) the 60 samples of a transit have variances Var_u and
+    correlation rho^|i-j|. Whitening the AR(1) noise turns the bases scaled by 1/sqrt(Var_u)
+    into b_0 = a_0, b_i = (a_i - rho a_{i-1}) / sqrt(1 - rho^2); ``sum_i b_i b_i^T`` is
+    evaluated as one (n, 2P - nd) x (2P - nd, 1540) product with the precomputed outer
+    products of :func:`_fisher_basis` (2.5x faster than the batched (55, P) x (P, 55) products
+    on a CPU; equal to 1e-14 relative).
     """
-    tf = _tf()
+    from keras import ops
     t = model.exposure_s
     rho = float(model.sample_correlation[k])
     nd = model.n_dither
-    phi = tf.constant(sample_bases(band, nd), tf.float64)  # (55, 60 * n_dither)
+    phi = ops.convert_to_tensor(sample_bases(band, nd), "float64")  # (55, 60 * n_dither)
     outer, alpha, full_index = _fisher_basis(band, nd, rho)
-    n_u = tf.nn.relu(tf.matmul(c, phi))  # (n, P) e-/s per sample
+    n_u = ops.relu(ops.matmul(c, phi))  # (n, P) e-/s per sample
     var = (n_u * t + model.background_e_s[k] * t + model.read_noise_e**2
            + (model.floor_fraction[k] * n_u * t) ** 2) / t**2
     s2 = (nt / nd)[:, None] / var                          # s_p^2, (n, P), P ordered (sample, phase)
-    weights = [s2 * tf.constant(alpha, tf.float64)]
+    weights = [s2 * ops.convert_to_tensor(alpha, "float64")]
     if rho > 0.0:
-        s = tf.sqrt(s2)
+        s = ops.sqrt(s2)
         weights.append((-rho / (1.0 - rho**2)) * s[:, nd:] * s[:, :-nd])
     else:
         outer = outer[:alpha.size]
-    upper = tf.matmul(tf.concat(weights, axis=1), tf.constant(outer, tf.float64))  # (n, 1540)
-    return tf.gather(upper, tf.constant(full_index), axis=1)
+    upper = ops.matmul(ops.concatenate(weights, axis=1),
+                       ops.convert_to_tensor(outer, "float64"))                # (n, 1540)
+    return ops.take(upper, ops.convert_to_tensor(full_index, "int32"), axis=1)
 
 
-def _tf_covariance(chol):
+def _covariance(chol):
     """Covariance ``(L L^T)^-1 = M^T M`` with ``M = L^-1`` (one triangular solve)."""
-    tf = _tf()
-    eye = tf.eye(tf.shape(chol)[-1], batch_shape=tf.shape(chol)[:1], dtype=tf.float64)
-    inv = tf.linalg.triangular_solve(chol, eye, lower=True)
-    return tf.matmul(inv, inv, transpose_a=True)
+    from keras import ops
+    eye = ops.zeros_like(chol) + ops.eye(55, dtype="float64")
+    inv = ops.solve_triangular(chol, eye, lower=True)
+    return ops.matmul(ops.transpose(inv, (0, 2, 1)), inv)
 
 
-def tf_information_cholesky(bp, rp, n_transits, model: NoiseModel | None = None):
-    """TensorFlow: Cholesky factors ``L_F`` of the Fisher matrices (bp, rp), (n, 55, 55) float64.
+def ops_information_cholesky(bp, rp, n_transits, model: NoiseModel | None = None):
+    """Cholesky factors ``L_F`` of the Fisher matrices (bp, rp), (n, 55, 55) float64 (keras.ops).
 
-    ``c + L_F^{-T} z`` (:func:`tf_draw_from_cholesky`) is distributed as ``N(c, Cov(c))``, and
-    ``(L_F L_F^T)^-1`` is the coefficient covariance.
+    ``c + L_F^{-T} z`` (:func:`ops_draw_from_cholesky`) is distributed as ``N(c, Cov(c))``, and
+    ``(L_F L_F^T)^-1`` is the coefficient covariance. A Fisher matrix that is not positive
+    definite (non-finite input) is an error under TensorFlow outside XLA (``ops.cholesky``
+    checks) and NaN factors under XLA and jax.jit.
     """
-    tf = _tf()
+    from keras import ops
     model = model or NoiseModel.default()
-    bp, rp, nt = _tf_inputs(bp, rp, n_transits)
-    return tuple(tf.linalg.cholesky(_tf_band_information(c, nt, band, k, model))
+    bp, rp, nt = _inputs(bp, rp, n_transits)
+    return tuple(ops.cholesky(_band_information(c, nt, band, k, model))
                  for k, (band, c) in enumerate(zip(BANDS, (bp, rp))))
 
 
-def tf_covariance_from_cholesky(chol):
-    """TensorFlow: coefficient covariance (n, 55, 55) float64 from a Fisher Cholesky factor."""
-    return _tf_covariance(chol)
+def ops_covariance_from_cholesky(chol):
+    """Coefficient covariance (n, 55, 55) float64 from a Fisher Cholesky factor (keras.ops)."""
+    return _covariance(chol)
 
 
-def tf_draw_from_cholesky(chol, z):
-    """TensorFlow: noise ``L_F^{-T} z`` (n, k, 55) for standard-normal ``z`` (n, k, 55) float64.
+def ops_draw_from_cholesky(chol, z):
+    """Noise ``L_F^{-T} z`` (n, k, 55) for standard-normal ``z`` (n, k, 55) float64 (keras.ops).
 
-    Each of the k draws per row has covariance ``(L_F L_F^T)^-1``; one triangular solve with k
-    right-hand sides (no second Cholesky of the covariance).
+    Each of the k draws per row has covariance ``(L_F L_F^T)^-1``; one triangular solve of
+    ``L_F^T x = z`` with k right-hand sides (no second Cholesky of the covariance).
     """
-    tf = _tf()
-    x = tf.linalg.triangular_solve(chol, tf.transpose(z, [0, 2, 1]), lower=True, adjoint=True)
-    return tf.transpose(x, [0, 2, 1])
+    from keras import ops
+    x = ops.solve_triangular(ops.transpose(chol, (0, 2, 1)), ops.transpose(z, (0, 2, 1)),
+                             lower=False)
+    return ops.transpose(x, (0, 2, 1))
 
 
-def tf_coefficient_covariance(bp, rp, n_transits, model: NoiseModel | None = None):
-    """TensorFlow: coefficient covariances (bp_cov, rp_cov), each (n, 55, 55) float64.
+def ops_coefficient_covariance(bp, rp, n_transits, model: NoiseModel | None = None):
+    """Coefficient covariances (bp_cov, rp_cov), each (n, 55, 55) float64 (keras.ops).
 
     Args:
         bp, rp: (n, 55) noise-free coefficients (any float dtype; computed in float64).
         n_transits: (n,) or scalar number of transits.
         model: noise constants (default :meth:`NoiseModel.default`).
     """
-    return tuple(_tf_covariance(chol) for chol in tf_information_cholesky(bp, rp, n_transits, model))
+    return tuple(_covariance(chol) for chol in ops_information_cholesky(bp, rp, n_transits, model))
 
 
-def tf_draw_observation(bp, rp, n_transits, seed_or_generator, model: NoiseModel | None = None,
-                        errors_from: str = "observed"):
-    """TensorFlow: one noisy observation per row, distributed as ``N(c, Cov(c))``.
+def ops_draw_observation(bp, rp, n_transits, key, model: NoiseModel | None = None,
+                         errors_from: str = "observed"):
+    """One noisy observation per row, distributed as ``N(c, Cov(c))`` (keras.ops).
 
     The draw is ``c + L_F^{-T} z`` with ``L_F L_F^T = Phi W Phi^T``: the same distribution as
     ``c + chol(Cov) z``. The *reported* covariance (``errors_from = "observed"``, default) is
@@ -308,38 +309,35 @@ def tf_draw_observation(bp, rp, n_transits, seed_or_generator, model: NoiseModel
     Args:
         bp, rp: (n, 55) noise-free coefficients.
         n_transits: (n,) or scalar.
-        seed_or_generator: a ``tf.random.Generator`` (preferred inside ``tf.function``), or an
-            int / shape-(2,) stateless seed.
+        key: a stream key or seed (anything :func:`cvae_pms.backend.stream_key` takes: an int,
+            a (2,) int seed, a (2,) uint32 key); ``z`` (2, n, 55) float64 is
+            :func:`cvae_pms.backend.normal` of it, the same numbers under every backend.
         model: noise constants (default :meth:`NoiseModel.default`).
         errors_from: ``"observed"`` or ``"true"`` (see above).
 
     Returns:
         (bp_obs, rp_obs) in the input dtype, (bp_cov, rp_cov) float64 (n, 55, 55).
     """
-    tf = _tf()
+    import keras
+    from keras import ops
+
+    from cvae_pms import backend
     if errors_from not in ("observed", "true"):
         raise ValueError(f"errors_from must be 'observed' or 'true', got {errors_from!r}")
     model = model or NoiseModel.default()
-    dtype = tf.convert_to_tensor(bp).dtype
-    bp64, rp64, nt = _tf_inputs(bp, rp, n_transits)
-    shape = tf.concat([[2], tf.shape(bp64)[:1], [55]], 0)
-    if isinstance(seed_or_generator, tf.random.Generator):
-        z = seed_or_generator.normal(shape, dtype=tf.float64)
-    else:
-        seed = seed_or_generator
-        if isinstance(seed, (int, np.integer)):
-            seed = [int(seed), 0]
-        z = tf.random.stateless_normal(shape, seed=seed, dtype=tf.float64)
+    dtype = keras.backend.standardize_dtype(ops.convert_to_tensor(bp).dtype)
+    bp64, rp64, nt = _inputs(bp, rp, n_transits)
+    z = backend.normal(key, (2, ops.shape(bp64)[0], 55), "float64")
     obs, covs = [], []
     for k, (band, c) in enumerate(zip(BANDS, (bp64, rp64))):
-        chol = tf.linalg.cholesky(_tf_band_information(c, nt, band, k, model))
+        chol = ops.cholesky(_band_information(c, nt, band, k, model))
         # L_F^{-T} z has covariance (L_F L_F^T)^{-1}.
-        x = tf.linalg.triangular_solve(chol, z[k][:, :, None], lower=True, adjoint=True)[:, :, 0]
+        x = ops_draw_from_cholesky(chol, z[k][:, None, :])[:, 0, :]
         obs.append(c + x)
         if errors_from == "observed":
-            chol = tf.linalg.cholesky(_tf_band_information(c + x, nt, band, k, model))
-        covs.append(_tf_covariance(chol))
-    return tf.cast(obs[0], dtype), tf.cast(obs[1], dtype), covs[0], covs[1]
+            chol = ops.cholesky(_band_information(c + x, nt, band, k, model))
+        covs.append(_covariance(chol))
+    return ops.cast(obs[0], dtype), ops.cast(obs[1], dtype), covs[0], covs[1]
 
 
 # ---------------------------------------------------------------- numpy front ends
@@ -360,7 +358,7 @@ def _check(bp: np.ndarray, rp: np.ndarray, n_transits) -> tuple[np.ndarray, np.n
 
 def coefficient_covariance(bp: np.ndarray, rp: np.ndarray, n_transits,
                            model: NoiseModel | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Coefficient covariances of mean spectra (numpy front end of the TF definition).
+    """Coefficient covariances of mean spectra (numpy front end of the keras.ops definition).
 
     Args:
         bp, rp: (n, 55) noise-free coefficients (archive units).
@@ -370,23 +368,25 @@ def coefficient_covariance(bp: np.ndarray, rp: np.ndarray, n_transits,
     Returns:
         (bp_cov, rp_cov): (n, 55, 55) float64 each.
     """
+    from cvae_pms import backend
     bp, rp, nt = _check(bp, rp, n_transits)
     model = model or NoiseModel.default()
     out_bp = np.empty((bp.shape[0], 55, 55))
     out_rp = np.empty_like(out_bp)
     for lo in range(0, bp.shape[0], _CHUNK):
         sl = slice(lo, lo + _CHUNK)
-        cb, cr = tf_coefficient_covariance(bp[sl], rp[sl], nt[sl], model)
-        out_bp[sl], out_rp[sl] = cb.numpy(), cr.numpy()
+        out_bp[sl], out_rp[sl] = backend.to_numpy(
+            ops_coefficient_covariance(bp[sl], rp[sl], nt[sl], model))
     return out_bp, out_rp
 
 
 def draw_observation(bp: np.ndarray, rp: np.ndarray, n_transits, rng: np.random.Generator,
                      model: NoiseModel | None = None, errors_from: str = "observed"
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Noisy mean-spectrum coefficients ``c + L z`` (L L^T = Cov(c)), z from ``rng``, and the
+    """Noisy mean-spectrum coefficients ``c + L z`` (L L^T = Cov(c)), z keyed on two integers
+    drawn from ``rng`` per chunk of 4096 rows (:func:`ops_draw_observation`), and the
     covariances an archive would report: the noise model at the noisy coefficients
-    (``errors_from``: see :func:`tf_draw_observation`).
+    (``errors_from``: see :func:`ops_draw_observation`).
 
     Args:
         bp, rp: (n, 55) noise-free coefficients.
@@ -397,13 +397,14 @@ def draw_observation(bp: np.ndarray, rp: np.ndarray, n_transits, rng: np.random.
     Returns:
         (bp_obs, rp_obs, bp_cov, rp_cov): (n, 55) and (n, 55, 55) float64.
     """
+    from cvae_pms import backend
     bp, rp, nt = _check(bp, rp, n_transits)
     model = model or NoiseModel.default()
     out = [np.empty_like(bp), np.empty_like(rp), np.empty((bp.shape[0], 55, 55)), np.empty((bp.shape[0], 55, 55))]
     for lo in range(0, bp.shape[0], _CHUNK):
         sl = slice(lo, lo + _CHUNK)
         seed = rng.integers(0, 2**31 - 1, size=2)
-        res = tf_draw_observation(bp[sl], rp[sl], nt[sl], seed, model, errors_from)
-        for o, r in zip(out, res):
-            o[sl] = r.numpy()
+        res = ops_draw_observation(bp[sl], rp[sl], nt[sl], seed, model, errors_from)
+        for o, r in zip(out, backend.to_numpy(res)):
+            o[sl] = r
     return out[0], out[1], out[2], out[3]
