@@ -38,7 +38,7 @@ def test_sample_equals_the_cli_for_path_batch_arrays_and_table(setup):
     np.testing.assert_array_equal(by_path.status, cli.status)
     # other chunking: the same draws up to float32 rounding of batched matrix products
     small = post.sample(obs, n=40, seed=7, batch=5)
-    np.testing.assert_allclose(small.samples, cli.samples, rtol=2e-6)
+    np.testing.assert_allclose(small.samples, cli.samples, rtol=2e-6, atol=1e-6)  # round-off of other chunk sizes
     batch = cvae_pms.read_xp(obs)
     arrays = {"bp": batch.bp_coefficients, "rp": batch.rp_coefficients,
               "bp_cov": batch.bp_covariance, "rp_cov": batch.rp_covariance,
