@@ -4,7 +4,7 @@
 # ${LIMIT_S:-420} s so a 600 s device call leaves room to copy the results back.
 #
 #   run there:  OUT=$OUT bash benchmarks/bench_gpu.sh            (device tool: timeout_s=540)
-#   here (CPU): OUT=/tmp/gpu_cpu E2E=5000 TRAIN=1024 SAMPLE=256 bash benchmarks/bench_gpu.sh
+#   here (CPU): PYTHON=.venv/bin/python OUT=/tmp/gpu_cpu E2E=500 TRAIN=1024 STEPS=3 SAMPLE=64 bash benchmarks/bench_gpu.sh
 #
 # Wheels: the GPU machines have Python 3.12 + JAX + CUDA but not Keras or this project's other
 # dependencies; put them in benchmarks/wheels/ (git-ignored) before the call, e.g.
