@@ -102,15 +102,6 @@ def key_words(keys: np.ndarray) -> np.ndarray:
                      (k >> np.uint64(32)).astype(np.uint32)], axis=-1)
 
 
-def fold_keys(keys: np.ndarray, salt: int) -> np.ndarray:
-    """(n, 2) uint32 key words -> unrelated words for another stream (``salt`` >= 0)."""
-    from cvae_pms.seeds import GAMMA, mix64
-    k = np.asarray(keys, np.uint32).astype(np.uint64)
-    with np.errstate(over="ignore"):
-        joined = mix64((k[..., 0] | (k[..., 1] << np.uint64(32))) + np.uint64(salt + 1) * GAMMA)
-    return key_words(joined.view(np.int64))
-
-
 def _u32(v: int):
     import keras
     return keras.ops.convert_to_tensor(np.uint32(v), dtype="uint32")
@@ -245,8 +236,7 @@ def _flat_uniform(key, count, dtype: str):
     from keras import ops
     key = ops.reshape(stream_key(key), (1, 2))
     if dtype == "float32":
-        bits = ops.right_shift(random_bits(key, count)[0], _u32(9))
-        return (ops.cast(bits, "float32") + 0.5) * (2.0 ** -23)
+        return uniform(key, count)[0]
     if dtype != "float64":
         raise ValueError(f"uniforms and normals are float32 or float64, not {dtype!r}")
     bits = ops.cast(ops.right_shift(random_bits(key, 2 * count)[0], _u32(6)), "float64")

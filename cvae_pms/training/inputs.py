@@ -64,6 +64,23 @@ class TrainingInputs:
     whiten: np.ndarray | None        # whitening kernel (new runs with model.whiten only)
     val_y: np.ndarray                # (n_val, y_dim) standardised validation features
 
+    def step_draws(self, bp0, rp0, g0, x, key, copies: int, latent: int):
+        """One training step's random part, the same under every backend (keras.ops): noisy
+        features y (n k, y_dim), the targets x repeated (n k, 7) and the latent normals
+        eps (n k, latent) of rows bp0, rp0 (n, 55) at G0 (n,), from one stream key
+        (split into the noise, luminosity and latent keys)."""
+        from keras import ops
+
+        from cvae_pms import backend
+        from cvae_pms.simulator import unit_teff
+        keys = backend.split_key(key, 3)                 # noise, luminosity, latent
+        y, lg, g = self.noise.observe(bp0, rp0, g0, keys[0], copies=copies, return_g=True,
+                                      teff=unit_teff(x))
+        if self.lum is not None:
+            y = ops.concatenate([y, self.lum.inputs(lg, g0, g, keys[1], copies)], axis=1)
+        x = ops.repeat(x, copies, axis=0)
+        return y, x, backend.normal(keys[2], (ops.shape(x)[0], latent))
+
 
 def build_inputs(cfg: dict, run: Path, data: TrainingData, noise_model, model_error,
                  grid_path, *, resume: bool) -> TrainingInputs:

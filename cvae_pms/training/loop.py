@@ -31,27 +31,27 @@ class FitOutcome:
     n_trained: int        # noisy spectra trained on
 
 
+def _steps_module():
+    """:mod:`.steps_jax` under the JAX backend, else :mod:`.steps_tf`."""
+    from cvae_pms import backend
+    if backend.name() == "jax":
+        from . import steps_jax as module
+    else:
+        from . import steps_tf as module
+    return module
+
+
 def make_steps(state: TrainingState, inputs: TrainingInputs, batching: Batching, strategy, *,
                prior_warmup: bool, mixed_precision: bool, jit_compile: bool):
     """The compiled steps of the backend in use (:class:`~.steps_tf.TFSteps` or
     :class:`~.steps_jax.JaxSteps`): noise path, loss and gradient step; validation terms."""
-    from cvae_pms import backend
-    if backend.name() == "jax":
-        from .steps_jax import JaxSteps as Steps
-    else:
-        from .steps_tf import TFSteps as Steps
-    return Steps(state, inputs, batching, strategy, prior_warmup=prior_warmup,
-                 mixed_precision=mixed_precision, jit_compile=jit_compile)
+    return _steps_module().Steps(state, inputs, batching, strategy, prior_warmup=prior_warmup,
+                                 mixed_precision=mixed_precision, jit_compile=jit_compile)
 
 
 def select_device(mixed_precision: bool, log: Callable[[str], None]):
     """(device description, distribution strategy or None) of the backend in use."""
-    from cvae_pms import backend
-    if backend.name() == "jax":
-        from .steps_jax import select_device as select
-    else:
-        from .steps_tf import select_device as select
-    return select(mixed_precision, log)
+    return _steps_module().select_device(mixed_precision, log)
 
 
 @dataclass

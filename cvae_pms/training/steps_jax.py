@@ -28,12 +28,11 @@ class JaxSteps:
 
         from cvae_pms import backend
         from cvae_pms.model.cvae import cvae_terms, training_loss
-        from cvae_pms.simulator import unit_teff
 
         del mixed_precision, jit_compile         # refused by select_device; JAX always compiles                          # every JAX step is compiled (XLA)
         self.state, self.batching = state, batching
         net, opt = state.net, state.opt
-        noise, lum, copies, latent = inputs.noise, inputs.lum, batching.copies, net.config.latent
+        copies, latent = batching.copies, net.config.latent
         trainable, fixed = net.trainable_variables, net.non_trainable_variables
 
         def terms(tv, ntv, y, x, eps, t_low, t_high, with_prior_fit):
@@ -49,13 +48,8 @@ class JaxSteps:
         grad = jax.value_and_grad(objective, has_aux=True)
 
         def train_step(tv, ntv, ov, bp0, rp0, g0, x, seed, beta, t_low, t_high):
-            keys = backend.split_key(backend.fold_in(seed, 0), 3)   # as replica 0 under TF
-            y, lg, g = noise.observe(bp0, rp0, g0, keys[0], copies=copies, return_g=True,
-                                     teff=unit_teff(x))
-            if lum is not None:
-                y = jnp.concatenate([y, lum.inputs(lg, g0, g, keys[1], copies)], axis=1)
-            x = jnp.repeat(x, copies, axis=0)
-            eps = backend.normal(keys[2], (x.shape[0], latent))
+            y, x, eps = inputs.step_draws(bp0, rp0, g0, x, backend.fold_in(seed, 0),  # replica 0
+                                          copies, latent)
             (_, vals), grads = grad(tv, ntv, y, x, eps, beta, t_low, t_high)
             tv, ov = opt.stateless_apply(ov, grads, tv)
             return tv, ov, vals
@@ -126,3 +120,7 @@ def select_device(mixed_precision: bool, log: Callable[[str], None]):
     log(f"training on {device}" + (f", the first of {jax.device_count()} devices"
                                    if jax.device_count() > 1 else ""))
     return device, None
+
+
+#: The steps class of this backend (what :func:`cvae_pms.training.loop.make_steps` builds).
+Steps = JaxSteps

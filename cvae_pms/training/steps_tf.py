@@ -4,8 +4,9 @@ One ``tf.function`` step (optionally XLA): the noise path draws the observation 
 step, then the loss ``H + beta KL`` (with the optional prior warm-up), ``tf.GradientTape`` and
 one optimizer update, on every replica of the distribution strategy (``MirroredStrategy``
 over several GPUs), batches from ``tf.data``; TensorBoard scalars next to ``history.csv``.
-The random keys are laid out as in :mod:`cvae_pms.training.steps_jax`, so both backends draw
-the same noise for the same seed.
+The random part of the step is :meth:`cvae_pms.training.inputs.TrainingInputs.step_draws`,
+shared with :mod:`cvae_pms.training.steps_jax`, so both backends draw the same noise for the
+same seed.
 """
 from __future__ import annotations
 
@@ -39,22 +40,16 @@ class TFSteps:
 
         from cvae_pms import backend
         from cvae_pms.model.cvae import cvae_terms, training_loss
-        from cvae_pms.simulator import unit_teff
 
         self.batching, self.strategy = batching, strategy
-        net, opt, noise, lum = state.net, state.opt, inputs.noise, inputs.lum
+        net, opt = state.net, state.opt
         copies, latent = batching.copies, net.config.latent
         n_rep = strategy.num_replicas_in_sync
 
         def replica_step(bp0, rp0, g0, x, seed_t, beta, t_low, t_high):
             rid = tf.distribute.get_replica_context().replica_id_in_sync_group
-            keys = backend.split_key(backend.fold_in(seed_t, rid), 3)   # noise, luminosity, latent
-            y, lg, g = noise.observe(bp0, rp0, g0, keys[0], copies=copies, return_g=True,
-                                     teff=unit_teff(x))
-            if lum is not None:
-                y = tf.concat([y, lum.inputs(lg, g0, g, keys[1], copies)], axis=1)
-            x = tf.repeat(x, copies, axis=0)
-            eps = backend.normal(keys[2], (tf.shape(x)[0], latent))
+            y, x, eps = inputs.step_draws(bp0, rp0, g0, x, backend.fold_in(seed_t, rid),
+                                          copies, latent)
             with tf.GradientTape() as tape:
                 h_loss, kl, prior_fit = cvae_terms(net, y, x, eps, t_low, t_high,
                                                    with_prior_fit=True)
@@ -130,3 +125,7 @@ def tb_scalar(tag: str, value: float, step: int) -> None:
     meta.plugin_data.plugin_name = "scalars"
     tf.summary.write(tag, tf.constant(float(value), tf.float32), step=step,
                      metadata=meta.SerializeToString())
+
+
+#: The steps class of this backend (what :func:`cvae_pms.training.loop.make_steps` builds).
+Steps = TFSteps
