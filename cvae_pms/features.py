@@ -209,11 +209,11 @@ class Featuriser:
         ``diag(A^T Cov A)`` is the column sum of ``(L_F^-1 A)^2``. ``L_F^-1`` comes from one
         float64 triangular solve; the product with ``A`` and the sum of squares (positive
         terms only, no cancellation) run in float32. Used by the training noise path."""
+        from cvae_pms.xp.noise import ops_inverse_cholesky
         s = ops.abs(ops.cast(bp[:, 0], "float64")) + ops.abs(ops.cast(rp[:, 0], "float64")) + 1e-30
         out = 0.0
         for chol, a in zip(chols, (self.a_bp, self.a_rp)):
-            eye = ops.zeros_like(chol) + ops.eye(N_COEFF, dtype="float64")
-            inv = ops.solve_triangular(chol, eye, lower=True) / s[:, None, None]
+            inv = ops_inverse_cholesky(chol) / s[:, None, None]
             out += ops.sum(ops.square(ops.cast(inv, "float32") @ a), axis=1)
         return out
 

@@ -242,11 +242,17 @@ def _band_information(c, nt, band: str, k: int, model: NoiseModel):
     return ops.take(upper, ops.convert_to_tensor(full_index, "int32"), axis=1)
 
 
-def _covariance(chol):
-    """Covariance ``(L L^T)^-1 = M^T M`` with ``M = L^-1`` (one triangular solve)."""
+def ops_inverse_cholesky(chol):
+    """``M = L^-1`` (n, 55, 55) of lower Cholesky factors ``L`` (one triangular solve)."""
     from keras import ops
     eye = ops.zeros_like(chol) + ops.eye(55, dtype="float64")
-    inv = ops.solve_triangular(chol, eye, lower=True)
+    return ops.solve_triangular(chol, eye, lower=True)
+
+
+def _covariance(chol):
+    """Covariance ``(L L^T)^-1 = M^T M`` with ``M = L^-1`` (:func:`ops_inverse_cholesky`)."""
+    from keras import ops
+    inv = ops_inverse_cholesky(chol)
     return ops.matmul(ops.transpose(inv, (0, 2, 1)), inv)
 
 
