@@ -2,7 +2,8 @@
 
     pip install -e '.[cpu,peers]'
     python benchmarks/bench_peers.py runs/cal-quick [--budget-s 1200] [--g 12,15,17]
-        [--n-test 500] [--reference benchmarks/out/reference_g15] [--out benchmarks/out/peers]
+        [--n-test 500] [--reference benchmarks/out/reference_g12,benchmarks/out/reference_g15,...]
+        [--out benchmarks/out/peers]
 
 Same training grid (the run's grid and its train split), same noise model (training's:
 G uniform in the recipe range, transits 15-80, the model error at the true T_eff and
@@ -25,9 +26,11 @@ at each G, transits 15-80).
 Per G and parameter: robust scatter, bias, 68/95 % coverage, P-P p, fraction of samples
 outside the box, the Fisher-forecast ratio (scatter / Cramer-Rao forecast of the same
 observations), sampling speed at S = 1,000; with ``--reference`` (``bench_reference.py``
-output at one G) the median 1-D JS (bits) to the nested-sampling reference on its stars,
-with the reference's self floor. A corner plot overlays the three for three stars.
-Writes ``OUT/peers.json``, ``OUT/peers.md`` and ``OUT/corner_star*.png``.
+outputs, comma-separated, one per G) the median 1-D JS and the 2-D JS of the T_eff-A0 and
+log g-log Mdot pairs (bits) to the nested-sampling reference on each one's repeated stars,
+with the reference's self floor beside them. A corner plot overlays the three for three
+stars per reference. Writes ``OUT/peers.json``, ``OUT/peers.md`` and
+``OUT/corner_g{G}_star*.png``; ``benchmarks/reproduce_peers.sh`` runs the whole chain.
 """
 from __future__ import annotations
 
@@ -128,7 +131,8 @@ def main(argv=None) -> int:
     ap.add_argument("--g", default="12,15,17")
     ap.add_argument("--n-test", type=int, default=500)
     ap.add_argument("--copies", type=int, default=4, help="noise draws per training row (sbi)")
-    ap.add_argument("--reference", help="bench_reference.py output dir for the JS columns")
+    ap.add_argument("--reference", help="bench_reference.py output dirs (comma-separated, one "
+                    "per G) for the JS columns")
     ap.add_argument("--wait-reference", type=float, default=0.0, metavar="S",
                     help="wait up to S seconds for a bench_reference.py still running on "
                     "--reference to write its samples (default: do not wait)")
@@ -220,14 +224,16 @@ def main(argv=None) -> int:
 
     (out / "peers.json").write_text(json.dumps(report, indent=1, default=float))
     (out / "peers.md").write_text("\n".join(lines) + "\n")       # kept if the JS part fails
-    if a.reference:
-        _wait_for(Path(a.reference) / "reference_samples.npz", a.wait_reference)
-        report["js"] = _reference_js(a.reference, run, post, npe, out, a.seed)
-        lines += _js_markdown(report["js"])
+    report["js"] = []
+    for ref_dir in (a.reference.split(",") if a.reference else []):
+        _wait_for(Path(ref_dir) / "reference_samples.npz", a.wait_reference)
+        report["js"].append(_reference_js(ref_dir, run, post, npe, out, a.seed))
+        lines += _js_markdown(report["js"][-1])
+        print("\n".join(_js_markdown(report["js"][-1])), flush=True)
+        (out / "peers.json").write_text(json.dumps(report, indent=1, default=float))
+        (out / "peers.md").write_text("\n".join(lines) + "\n")
     (out / "peers.json").write_text(json.dumps(report, indent=1, default=float))
     (out / "peers.md").write_text("\n".join(lines) + "\n")
-    if a.reference:
-        print("\n".join(_js_markdown(report["js"])))
     print(f"wrote {out / 'peers.json'} and {out / 'peers.md'}")
     return 0
 
@@ -248,9 +254,10 @@ def _wait_for(path: Path, seconds: float) -> None:
 
 
 def _reference_js(ref_dir: str, run, post, npe, out: Path, seed: int) -> dict:
-    """JS (bits) of CVAE and NPE to the nested-sampling reference on bench_reference's stars
-    (regenerated from its config), beside the reference's self floor; corner figures."""
-    from bench_reference import js_table, same_observations, test_stars
+    """JS (bits) of CVAE and NPE to the nested-sampling reference on bench_reference's
+    repeated stars (regenerated from its config), beside the reference's self floor: medians
+    of the 1-D JS per parameter and of the 2-D JS per pair of ``PAIRS``; corner figures."""
+    from bench_reference import PAIRS, js_table, same_observations, test_stars
     from cvae_pms import params
     cfg = json.loads((Path(ref_dir) / "reference.json").read_text())["config"]
     ref = np.load(Path(ref_dir) / "reference_samples.npz")
@@ -268,17 +275,20 @@ def _reference_js(ref_dir: str, run, post, npe, out: Path, seed: int) -> dict:
     cv = [params.to_unit(s) for s in post.sample(obs, n=4000, seed=seed, gof=False).samples]
     y, _ = run.features(obs["bp"], obs["rp"], obs["bp_cov"], obs["rp_cov"])
     sb = list(npe.sample(np.asarray(y, np.float32), 4000, seed))
-    floor, _ = js_table(first, second)
-    j_cv, _ = js_table(first, cv)
-    j_sb, _ = js_table(first, sb)
+    tables = {"self_floor": js_table(first, second), "cvae": js_table(first, cv),
+              "npe": js_table(first, sb)}
     for k in range(3):
-        _corner(k, first[k], cv[k], sb[k], params.to_unit(theta[k]), out / f"corner_star{k}.png")
-    med = lambda x: dict(zip(params.NAMES, np.median(x, axis=0).tolist()))  # noqa: E731
-    return {"g": cfg["g"], "n_stars": m, "self_floor": med(floor), "cvae": med(j_cv),
-            "npe": med(j_sb)}
+        _corner(k, cfg["g"], first[k], cv[k], sb[k], params.to_unit(theta[k]),
+                out / f"corner_g{cfg['g']:g}_star{k}.png")
+    pairs = ["-".join(p) for p in PAIRS]
+    res = {"g": cfg["g"], "n_stars": m, "reference": ref_dir}
+    for name, (one, two) in tables.items():
+        res[name] = dict(zip(params.NAMES, np.median(one, axis=0).tolist()))
+        res[name + "_2d"] = dict(zip(pairs, np.median(two, axis=0).tolist()))
+    return res
 
 
-def _corner(k: int, ref, cv, sb, truth, path: Path) -> None:
+def _corner(k: int, g: float, ref, cv, sb, truth, path: Path) -> None:
     import corner
     import matplotlib.pyplot as plt
 
@@ -291,7 +301,8 @@ def _corner(k: int, ref, cv, sb, truth, path: Path) -> None:
                             truths=truth, **style)
         corner.corner(cv, fig=fig, color="C0", **style)
         corner.corner(sb, fig=fig, color="C3", **style)
-        fig.suptitle(f"star {k}: reference (black), CVAE (blue), sbi NPE (red); unit box")
+        fig.suptitle(f"G = {g:g}, star {k}: reference (black), CVAE (blue), sbi NPE (red); "
+                     "unit box")
         fig.savefig(path, dpi=80)
         plt.close(fig)
 
@@ -315,12 +326,14 @@ def _markdown(g: float, res: dict) -> list[str]:
 
 
 def _js_markdown(js: dict) -> list[str]:
-    from cvae_pms import params
-    rows = [f"\n**1-D JS to the nested-sampling reference** (G = {js['g']:g}, "
-            f"{js['n_stars']} stars, median, bits)\n",
-            "| parameter | reference self floor | CVAE | NPE |", "| --- | --- | --- | --- |"]
-    rows += [f"| {n} | {js['self_floor'][n]:.4f} | {js['cvae'][n]:.4f} | {js['npe'][n]:.4f} |"
-             for n in params.NAMES]
+    rows = [f"\n**JS to the nested-sampling reference** (G = {js['g']:g}, "
+            f"{js['n_stars']} stars run twice, median, bits)\n",
+            "| parameter | reference self floor | CVAE | NPE | CVAE / floor | NPE / floor |",
+            "| --- | --- | --- | --- | --- | --- |"]
+    for d in ("", "_2d"):
+        f, c, n = js["self_floor" + d], js["cvae" + d], js["npe" + d]
+        rows += [f"| {k} | {f[k]:.4f} | {c[k]:.4f} | {n[k]:.4f} | {c[k] / f[k]:.1f} | "
+                 f"{n[k] / f[k]:.1f} |" for k in f]
     return rows
 
 
