@@ -264,7 +264,8 @@ def _reference_js(ref_dir: str, run, post, npe, out: Path, seed: int) -> dict:
     m = ref["second"].shape[0]
     meta = (json.loads((Path(cfg["run"]) / "grid.json").read_text())["meta"] if cfg.get("run")
             else None)
-    theta, obs = test_stars(meta, cfg["n"], cfg["g"], cfg["seed"])
+    theta, obs = test_stars(meta, cfg["n"], cfg["g"], cfg["seed"],
+                            cfg.get("model_error", "empirical"))
     np.testing.assert_allclose(theta, ref["theta"], rtol=1e-12)
     if not same_observations(ref, obs["bp"]):
         raise SystemExit(f"{ref_dir}: reference made on other observations of its stars "

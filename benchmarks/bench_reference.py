@@ -2,14 +2,17 @@
 
     python benchmarks/bench_reference.py [--run runs/cal-quick] [--n 100] [--n-repeat 30]
         [--g 15] [--nlive 250] [--procs 2] [--sampler dynesty|emcee] [--out DIR]
-        [--reuse DIR]
+        [--reuse DIR] [--model-error empirical|parametric]
 
 Test stars: parameters drawn uniformly in the box (the grid's prior, so the reference's
 prior is the true one), spectra from the built-in forward model with the settings of the
 run's grid (default settings without ``--run``), observed at G = ``--g`` with transits
 uniform in the recipe range (15-80) through :func:`cvae_pms.simulator.simulate_observations`
 (the model error at the star's true T_eff and noise-free flux, then coefficient noise:
-what training sees).
+what training sees). ``--model-error`` picks the model-error term of both the observations
+and the likelihood (:meth:`cvae_pms.xp.model_error.ModelError.from_config`: the shipped
+empirical one, 3-8 % and T_eff dependent, or the parametric 0.5 % one of a run trained with
+``--set noise.model_error=parametric``); it should match the ``--run``'s.
 
 Reference: :func:`cvae_pms.diagnostics.reference_nested.run_dynesty` on
 :class:`~cvae_pms.diagnostics.likelihood.XPLikelihood` with ``teff_dependent=True`` and
@@ -50,9 +53,17 @@ PAIRS = (("teff", "a0"), ("logg", "log_mdot"))
 _STATE: dict = {}
 
 
-def _init(meta: dict, obs: dict, sampler: str, nlive: int) -> None:
+def _init(meta: dict, obs: dict, sampler: str, nlive: int, model_error: str) -> None:
     from cvae_pms.diagnostics.likelihood import builtin_forward
-    _STATE.update(forward=builtin_forward(meta), obs=obs, sampler=sampler, nlive=nlive)
+    _STATE.update(forward=builtin_forward(meta), obs=obs, sampler=sampler, nlive=nlive,
+                  model_error=model_error_term(model_error))
+
+
+def model_error_term(kind: str = "empirical"):
+    """The :class:`~cvae_pms.xp.model_error.ModelError` of a training config's
+    ``noise.model_error`` (``"empirical"`` or ``"parametric"``)."""
+    from cvae_pms.xp.model_error import ModelError
+    return ModelError.from_config({"model_error": kind})
 
 
 def _reference(job: tuple[int, int]) -> tuple[int, int, np.ndarray, dict]:
@@ -63,7 +74,8 @@ def _reference(job: tuple[int, int]) -> tuple[int, int, np.ndarray, dict]:
     o = _STATE["obs"]
     like = XPLikelihood(_STATE["forward"], o["bp"][i], o["rp"][i], o["bp_cov"][i],
                         o["rp_cov"][i], to_physical=params.from_unit, teff_dependent=True,
-                        model_error_at="best_fit", seed=seed)
+                        model_error_at="best_fit", seed=seed,
+                        model_error_term=_STATE["model_error"])
     if _STATE["sampler"] == "dynesty":
         from cvae_pms.diagnostics.reference_nested import run_dynesty
         res = run_dynesty(like, params.N_PARAMS, seed=seed, nlive=_STATE["nlive"])
@@ -73,9 +85,11 @@ def _reference(job: tuple[int, int]) -> tuple[int, int, np.ndarray, dict]:
     return i, seed, res.samples_unit.astype(np.float32), res.summary()
 
 
-def test_stars(meta: dict | None, n: int, g_mag: float, seed: int) -> tuple[np.ndarray, dict]:
+def test_stars(meta: dict | None, n: int, g_mag: float, seed: int,
+               model_error: str = "empirical") -> tuple[np.ndarray, dict]:
     """The benchmark's stars: parameters (n, 7) uniform in the box and their observations
-    (``bp``, ``rp``, ``bp_cov``, ``rp_cov``) at ``g_mag``; deterministic for a seed."""
+    (``bp``, ``rp``, ``bp_cov``, ``rp_cov``) at ``g_mag`` with the ``model_error`` term of
+    :func:`model_error_term`; deterministic for a seed."""
     from cvae_pms import params
     from cvae_pms.diagnostics.likelihood import builtin_forward
     from cvae_pms.grid.synth import sample_box
@@ -85,7 +99,8 @@ def test_stars(meta: dict | None, n: int, g_mag: float, seed: int) -> tuple[np.n
     rng = np.random.default_rng([seed, 15])
     g, nt = draw_g_transits(rng, n, (g_mag, g_mag), (15, 80))
     bp, rp = builtin_forward(meta or {"forward_model": forward_model_meta()})(theta)
-    o = simulate_observations(bp, rp, g, nt, rng, teff=theta[:, params.INDEX["teff"]])
+    o = simulate_observations(bp, rp, g, nt, rng, teff=theta[:, params.INDEX["teff"]],
+                              model_error_term=model_error_term(model_error))
     return theta, {"bp": o.bp, "rp": o.rp, "bp_cov": o.bp_cov, "rp_cov": o.rp_cov}
 
 
@@ -109,7 +124,7 @@ def js_table(a: list[np.ndarray], b: list[np.ndarray]) -> tuple[np.ndarray, np.n
 
 
 def accuracy(theta: np.ndarray, ref_unit: list[np.ndarray], cvae_unit: list[np.ndarray],
-             meta: dict, obs: dict) -> dict:
+             meta: dict, obs: dict, model_error: str = "empirical") -> dict:
     """Per parameter, physical units: robust scatter (1.4826 MAD) of the posterior medians
     about the truth ``theta`` (n, 7) for the reference and the CVAE (unit-box samples per
     star), the Fisher forecast of that scatter for the same observations, and the median over
@@ -127,7 +142,8 @@ def accuracy(theta: np.ndarray, ref_unit: list[np.ndarray], cvae_unit: list[np.n
         out["scatter_" + name] = robust(np.array([np.median(s, 0) for s in phys]) - theta)
         out["sd_" + name] = np.median([np.std(s, 0) for s in phys], axis=0)
     out["fisher_forecast"] = forecast_scatter(observation_bounds(
-        builtin_forward(meta), theta, obs["bp"], obs["rp"], obs["bp_cov"], obs["rp_cov"]))
+        builtin_forward(meta), theta, obs["bp"], obs["rp"], obs["bp_cov"], obs["rp_cov"],
+        model_error=model_error_term(model_error)))
     return {n: {k: float(v[i]) for k, v in out.items()} for i, n in enumerate(params.NAMES)}
 
 
@@ -151,6 +167,9 @@ def main(argv=None) -> int:
     ap.add_argument("--procs", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="benchmarks/out/reference")
+    ap.add_argument("--model-error", choices=("empirical", "parametric"), default="empirical",
+                    help="model-error term of the observations and the likelihood (match "
+                    "the --run's noise.model_error)")
     ap.add_argument("--reuse", help="folder of an earlier run on the same test stars: take its "
                     "reference samples instead of sampling again (e.g. to add --run)")
     a = ap.parse_args(argv)
@@ -159,7 +178,7 @@ def main(argv=None) -> int:
     from cvae_pms.physics.sed import forward_model_meta
 
     meta = (None if not a.run else json.loads((Path(a.run) / "grid.json").read_text())["meta"])
-    theta, obs = test_stars(meta, a.n, a.g, a.seed)
+    theta, obs = test_stars(meta, a.n, a.g, a.seed, a.model_error)
     meta = meta or {"forward_model": forward_model_meta()}
     digest = hashlib.sha256(np.ascontiguousarray(obs["bp"]).tobytes()).hexdigest()[:16]
     if a.reuse:
@@ -170,7 +189,8 @@ def main(argv=None) -> int:
         jobs = [(i, 1000 + i) for i in range(a.n)] + [(i, 2000 + i) for i in range(a.n_repeat)]
         t0 = time.perf_counter()
         with mp.get_context("fork").Pool(a.procs, _init,
-                                         (meta, obs, a.sampler, a.nlive)) as pool:
+                                         (meta, obs, a.sampler, a.nlive,
+                                          a.model_error)) as pool:
             done = list(pool.imap_unordered(_reference, jobs))
         wall = time.perf_counter() - t0
         first = {i: (s, summ) for i, seed, s, summ in done if seed < 2000}
@@ -215,7 +235,7 @@ def main(argv=None) -> int:
     for r in rows[1:]:
         print("| " + " | ".join(r) + " |")
     if a.run:
-        report["accuracy"] = accuracy(theta, ref, cv_all, meta, obs)
+        report["accuracy"] = accuracy(theta, ref, cv_all, meta, obs, a.model_error)
         print(f"\naccuracy on the {a.n} stars (physical units): robust scatter of posterior "
               "medians about the truth, reference / CVAE / Fisher forecast; median posterior "
               "sd, reference / CVAE\n")
