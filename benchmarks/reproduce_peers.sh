@@ -16,7 +16,7 @@ GS=${GS:-"12 15 17"}
 if [ ! -f grids/cal-quick.h5 ]; then
   cvae-pms grid synth --n 20000 --seed 1 --out grids/cal-quick.h5
 fi
-if [ ! -f "$RUN/model.weights.h5" ]; then     # a killed training continues from its checkpoint
+if [ ! -f "$RUN/ood.npz" ]; then     # written last by train; a killed training resumes
   resume=$([ -f "$RUN/config.json" ] && echo --resume || true)
   cvae-pms train --grid grids/cal-quick.h5 --config cpu-quick --out "$RUN" $resume
 fi
