@@ -222,9 +222,9 @@ def main(argv=None) -> int:
         lines += _markdown(g, res)
         print("\n".join(lines[-12:]), flush=True)
 
+    report["js"] = []
     (out / "peers.json").write_text(json.dumps(report, indent=1, default=float))
     (out / "peers.md").write_text("\n".join(lines) + "\n")       # kept if the JS part fails
-    report["js"] = []
     for ref_dir in (a.reference.split(",") if a.reference else []):
         _wait_for(Path(ref_dir) / "reference_samples.npz", a.wait_reference)
         report["js"].append(_reference_js(ref_dir, run, post, npe, out, a.seed))
@@ -232,8 +232,6 @@ def main(argv=None) -> int:
         print("\n".join(_js_markdown(report["js"][-1])), flush=True)
         (out / "peers.json").write_text(json.dumps(report, indent=1, default=float))
         (out / "peers.md").write_text("\n".join(lines) + "\n")
-    (out / "peers.json").write_text(json.dumps(report, indent=1, default=float))
-    (out / "peers.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {out / 'peers.json'} and {out / 'peers.md'}")
     return 0
 

@@ -132,14 +132,12 @@ def accuracy(theta: np.ndarray, ref_unit: list[np.ndarray], cvae_unit: list[np.n
     from cvae_pms import params
     from cvae_pms.diagnostics.fisher_bound import forecast_scatter, observation_bounds
     from cvae_pms.diagnostics.likelihood import builtin_forward
-
-    def robust(x):
-        return 1.4826 * np.median(np.abs(x - np.median(x, axis=0)), axis=0)
+    from cvae_pms.diagnostics.metrics import robust_scatter
 
     out = {}
     for name, samples in (("reference", ref_unit), ("cvae", cvae_unit)):
         phys = [params.from_unit(s) for s in samples]
-        out["scatter_" + name] = robust(np.array([np.median(s, 0) for s in phys]) - theta)
+        out["scatter_" + name] = robust_scatter(np.array([np.median(s, 0) for s in phys]), theta)
         out["sd_" + name] = np.median([np.std(s, 0) for s in phys], axis=0)
     out["fisher_forecast"] = forecast_scatter(observation_bounds(
         builtin_forward(meta), theta, obs["bp"], obs["rp"], obs["bp_cov"], obs["rp_cov"],
