@@ -53,7 +53,11 @@ def test_annealing_schedule_published_values():
     assert Annealing(start=50, end=150, shape="linear").beta(100) == pytest.approx(0.5)
     assert Annealing(truncation_ramp=False).truncation_bounds(0) == (0.0, 1.0)
     with pytest.raises(ValueError):
-        Annealing(start=10, end=10)
+        Annealing(start=10, end=9)
+    step = Annealing(start=10, end=10)             # a step: full KL weight from epoch 10 on
+    assert [step.beta(e) for e in (0, 9.9, 10, 11)] == [0.0, 0.0, 1.0, 1.0]
+    assert Annealing(start=0, end=0).beta(0) == 1.0   # warm start: no annealing at all
+    assert Annealing(start=0, end=0).truncation_bounds(0) == (0.0, 1.0)
 
 
 def test_bounded_log_variances_stay_in_range():

@@ -31,6 +31,8 @@ def bounded(raw: Tensor, low: float, high: float) -> Tensor:
 @dataclass(frozen=True)
 class Annealing:
     """KL weight schedule: beta = 0 before ``start`` (epoch), rising to 1 at ``end``, then 1.
+    ``start == end``: a step, beta = 1 from epoch ``start`` on (``0``: no annealing, for a
+    warm start from a trained model).
 
     ``shape = "log"``: linear in log(epoch + 1) between start and end (Gabbard et al.:
     "logarithmically"); ``"linear"``: linear in epoch. ``truncation_ramp``: move the
@@ -43,13 +45,15 @@ class Annealing:
     truncation_ramp: bool = True
 
     def __post_init__(self):
-        if self.end <= self.start or self.start < 0:
-            raise ValueError(f"annealing needs 0 <= start < end, got {self.start}, {self.end}")
+        if self.end < self.start or self.start < 0:
+            raise ValueError(f"annealing needs 0 <= start <= end, got {self.start}, {self.end}")
         if self.shape not in ("log", "linear"):
             raise ValueError(f"annealing shape must be 'log' or 'linear', got {self.shape!r}")
 
     def beta(self, epoch: float) -> float:
         """KL weight at (0-based) ``epoch``."""
+        if self.end == self.start:
+            return 1.0 if epoch >= self.start else 0.0
         if epoch <= self.start:
             return 0.0
         if epoch >= self.end:

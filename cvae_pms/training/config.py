@@ -30,6 +30,8 @@ DEFAULT_CONFIG: dict = {
         "val_fraction": 0.1, "test_fraction": 0.1, "val_max_rows": 4096,
         "early_stopping_patience": 20, "steps_per_epoch": 0, "standardisation_rows": 8192,
         "jit_compile": False, "checkpoints_kept": 2, "noise_copies": 1,
+        # model dir (path or installed name) whose weights start this run: cvae_pms.training.warmstart
+        "init_from": "",
     },
     # model_error: "empirical" (measured on real stars, T_eff dependent; the default) or
     # "parametric" (the noise model's fixed model_error_fraction / model_error_corr_nm).
@@ -179,3 +181,4 @@ def fill_stored_defaults(stored: dict) -> None:
     stored.setdefault("luminosity", dict(DEFAULT_CONFIG["luminosity"]))
     stored.setdefault("model", {}).setdefault("whiten", 0)
     stored["model"].setdefault("whiten_floor", DEFAULT_CONFIG["model"]["whiten_floor"])
+    stored.setdefault("training", {}).setdefault("init_from", "")

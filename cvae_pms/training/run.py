@@ -8,7 +8,8 @@
 4. :func:`~cvae_pms.training.inputs.build_inputs`: noise path, feature standardisation and
    the fixed validation features.
 5. :func:`~cvae_pms.training.state.build_state`, then :func:`restore_or_record`: networks,
-   optimizer and checkpoint; restored on resume, else the run dir's static files written.
+   optimizer and checkpoint; restored on resume, else the run dir's static files written
+   (and, with ``training.init_from``, :func:`~cvae_pms.training.warmstart.warm_start`).
 6. :class:`~cvae_pms.training.loop.FitLoop`: the epochs (annealing, early stopping,
    checkpoints).
 7. :func:`finish` (history figure, result) and :func:`build_ood` (``RUN/ood.npz``).
@@ -109,6 +110,9 @@ def _train(grid_path: str | Path, config: str | Path, out: str | Path, *, resume
                         total_steps=batching.total_steps, mixed_precision=mixed_precision,
                         resume=plan.resume)
     history = restore_or_record(plan, state, data, inputs, noise_model, model_error, log)
+    if not plan.resume and cfg["training"]["init_from"]:
+        from .warmstart import warm_start
+        warm_start(state, str(cfg["training"]["init_from"]), run, log)
     steps = make_steps(state, inputs, batching, strategy, prior_warmup=prior_warmup,
                        mixed_precision=mixed_precision,
                        jit_compile=bool(cfg["training"]["jit_compile"]))
