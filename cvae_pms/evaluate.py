@@ -68,9 +68,10 @@ def evaluate(cfg: EvaluateConfig, log: Callable[[str], None] = print) -> dict:
     except GridError as exc:
         raise EvaluationError(str(exc)) from exc
     with grid:
-        check_training_grid(cfg.run_dir, run.grid_info.get("content_hash"), cfg.grid,
-                            grid.content_hash, EvaluationError,
-                            ": its split indices would point at other rows")
+        note = check_training_grid(cfg.run_dir, run.grid_info, grid, EvaluationError,
+                                   ": its split indices would point at other rows")
+        if note:
+            log(note)
         split = run.split()
         rows = split["test"] if cfg.rows == "test" else np.arange(grid.n)
         if rows.size == 0:

@@ -112,8 +112,7 @@ def run_test_rows(run_dir: str | os.PathLike, grid) -> np.ndarray:
     from cvae_pms.model.rundir import RunDirError, check_training_grid, read_npz
 
     if info.is_file():
-        check_training_grid(run_dir, json.loads(info.read_text()).get("content_hash"),
-                            grid.path, grid.content_hash, SimulateError)
+        check_training_grid(run_dir, json.loads(info.read_text()), grid, SimulateError)
     try:
         return np.asarray(read_npz(split, run_dir)["test"], dtype=np.int64)
     except (RunDirError, KeyError) as exc:

@@ -388,6 +388,9 @@ def test_warm_start_loads_the_init_models_weights_and_refuses_a_different_split(
     assert all(np.allclose(a, b, rtol=0, atol=1e-7) for a, b in zip(w0, w1))
     assert not all(np.allclose(a, c, atol=1e-3) for a, c in zip(w0, wc) if a.size > 1)
     assert warm.history[0]["beta"] == 1.0
+    for name in ("features.npz", "split.npz"):     # the init model's standardisation and split
+        with np.load(warm.run_dir / name) as a, np.load(trained.run_dir / name) as b:
+            assert a.files == b.files and all(np.array_equal(a[k], b[k]) for k in a.files)
     assert json.loads((warm.run_dir / "config.json").read_text())["training"]["init_from"] \
         == str(trained.run_dir)
     # the warm run's validation loss is the trained model's, the cold one's is far worse

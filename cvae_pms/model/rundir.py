@@ -145,15 +145,30 @@ def _read_json(path: Path, run: Path) -> dict:
         raise RunDirError(f"{path}: damaged, not valid JSON ({exc})") from exc
 
 
-def check_training_grid(run_dir: str | os.PathLike, trained_hash: str | None,
-                        grid_path: str | os.PathLike, content_hash: str,
-                        error: type[Exception] = RunDirError, why: str = "") -> None:
-    """Raise ``error`` when the grid at ``grid_path`` (``content_hash``) is not the one the
-    model dir ``run_dir`` was trained on (``trained_hash`` from its ``grid.json``; empty or None:
-    unknown, accepted). ``why`` is appended to the message (what would go wrong)."""
-    if trained_hash and trained_hash != content_hash:
-        raise error(f"{grid_path}: content hash differs from the grid {run_dir} was trained on "
-                    f"({content_hash[:12]}... vs {trained_hash[:12]}...){why}")
+def check_training_grid(run_dir: str | os.PathLike, trained: dict | None, grid,
+                        error: type[Exception] = RunDirError, why: str = "") -> str:
+    """Raise ``error`` when the open grid ``grid`` is not the one the model dir ``run_dir``
+    was trained on (``trained``: its ``grid.json``; no content hash: unknown, accepted).
+    ``why`` is appended to the message (what would go wrong).
+
+    A different content hash is accepted when ``trained`` holds a fingerprint
+    (:mod:`cvae_pms.grid.fingerprint`) that ``grid`` matches: the same grid regenerated on
+    another CPU. Returns '' for the exact grid, else a note saying so."""
+    from cvae_pms.grid.fingerprint import fingerprint_difference, grid_fingerprint
+    trained = trained or {}
+    trained_hash, content_hash = trained.get("content_hash"), grid.content_hash
+    if not trained_hash or trained_hash == content_hash:
+        return ""
+    head = (f"{grid.path}: content hash differs from the grid {run_dir} was trained on "
+            f"({content_hash[:12]}... vs {trained_hash[:12]}...)")
+    if "fingerprint" not in trained:
+        raise error(f"{head}{why}; the model dir has no grid fingerprint to tell a regenerated "
+                    f"grid from another one")
+    diff = fingerprint_difference(trained["fingerprint"], grid_fingerprint(grid))
+    if diff:
+        raise error(f"{head} and its fingerprint too: {diff}{why}")
+    return (f"{head}, but its fingerprint matches (the same grid regenerated, last-bit "
+            f"differences): accepted")
 
 
 def read_npz(path: Path, run: Path | None = None) -> dict[str, np.ndarray]:

@@ -67,6 +67,7 @@ def load_training_data(grid_path: str | Path, cfg: dict, run: Path, *, resume: b
     ``scratch`` (a ``--resume`` started again from scratch) checks the grid like a resume but
     draws a new split.
     """
+    from cvae_pms.grid.fingerprint import grid_fingerprint
     from cvae_pms.grid.gridfile import GridError, open_grid
     from cvae_pms.model import rundir
     tcfg = cfg["training"]
@@ -74,7 +75,7 @@ def load_training_data(grid_path: str | Path, cfg: dict, run: Path, *, resume: b
         with open_grid(grid_path) as grid:
             rows = read_grid_rows(grid)
             grid_info = {"path": str(Path(grid_path).resolve()), "content_hash": grid.content_hash,
-                         "n": grid.n, "meta": grid.meta}
+                         "n": grid.n, "meta": grid.meta, "fingerprint": grid_fingerprint(grid)}
             d_ref = grid.reference_distance_pc
     except GridError as exc:
         raise TrainingError(str(exc)) from exc

@@ -83,16 +83,21 @@ class TrainingInputs:
 
 
 def build_inputs(cfg: dict, run: Path, data: TrainingData, noise_model, model_error,
-                 grid_path, *, resume: bool) -> TrainingInputs:
-    """Seed Keras, set up the feature map and noise path, standardise (new runs), draw val."""
+                 grid_path, *, resume: bool, spec_dir: Path | None = None) -> TrainingInputs:
+    """Seed Keras, set up the feature map and noise path, standardise (new runs), draw val.
+
+    ``spec_dir``: a warm start's init model dir, whose feature standardisation (and
+    whitening, restored with its weights) the new run takes instead of computing its own."""
     import keras
     from cvae_pms.features import Featuriser, FeatureSpec
     seed = int(cfg["training"]["seed"])
     lcfg = cfg["luminosity"]
     keras.utils.set_random_seed(seed)
-    if resume:
-        spec = FeatureSpec.load(run)
+    if resume or spec_dir is not None:
+        spec = FeatureSpec.load(run if resume else spec_dir)
         feat = Featuriser(spec)
+        if not resume:
+            _check_init_spec(spec, spec_dir, model_error, bool(lcfg["enabled"]))
     else:
         spec = FeatureSpec(model_error_frac=model_error.reference_fraction,
                            luminosity=bool(lcfg["enabled"]))
@@ -100,10 +105,24 @@ def build_inputs(cfg: dict, run: Path, data: TrainingData, noise_model, model_er
     noise = TrainingNoise(feat, noise_model, cfg["noise"], model_error)
     lum = TrainingLuminosity(feat, lcfg, data.reference_distance_pc) if lcfg["enabled"] else None
     whiten = None
-    if not resume:
+    if not resume and spec_dir is None:
         whiten = _standardise(feat, noise, lum, data.train_rows, cfg, grid_path)
     val_y = _validation_features(noise, lum, data.val_rows, seed)
     return TrainingInputs(spec=spec, feat=feat, noise=noise, lum=lum, whiten=whiten, val_y=val_y)
+
+
+def _check_init_spec(spec, spec_dir: Path, model_error, luminosity: bool) -> None:
+    """The init model's feature map must be the one this run's config would build."""
+    from .config import TrainingError
+    if spec.luminosity != luminosity:
+        raise TrainingError(f"training.init_from: {spec_dir} has luminosity.enabled = "
+                            f"{spec.luminosity}, this run {luminosity}")
+    ours = np.asarray(model_error.reference_fraction, dtype=float)
+    theirs = np.asarray(spec.model_error_frac, dtype=float)
+    if ours.shape != theirs.shape or not np.allclose(ours, theirs, rtol=1e-6, atol=0):
+        raise TrainingError(f"training.init_from: {spec_dir}/features.npz was made with another "
+                            f"model error than this run's noise.model_error; use the init "
+                            f"model's [noise] settings")
 
 
 def _standardise(feat, noise: TrainingNoise, lum: TrainingLuminosity | None, rows: GridRows,

@@ -60,8 +60,7 @@ def build_ood_index(run_dir: str | os.PathLike, n_ref: int = 4000, n_cal: int = 
         raise OODError(f"{run_dir}: split.npz has {train_rows.size} training and "
                        f"{cal_rows.size} test rows; the OOD index needs > {k} and > 0")
     with grid:
-        check_training_grid(run_dir, run.grid_info.get("content_hash"), grid_path,
-                            grid.content_hash, OODError)
+        check_training_grid(run_dir, run.grid_info, grid, OODError)
         prior_unit = params.to_unit(grid.params[np.sort(train_rows)])
         noise_fields = set(NoiseModel.__dataclass_fields__)
         noise_model = NoiseModel.from_dict({key: v for key, v in run.noise.items()

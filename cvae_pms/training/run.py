@@ -104,15 +104,18 @@ def _train(grid_path: str | Path, config: str | Path, out: str | Path, *, resume
     noise_model = noise_model or NoiseModel.default()
     model_error = load_model_error(run, cfg["noise"], noise_model, resume=plan.resume)
     batching = plan_batches(cfg["training"], len(data.train_rows), grid_path)
+    init = None
+    if not plan.resume and cfg["training"]["init_from"]:
+        from .warmstart import resolve_init, warm_start
+        init = resolve_init(str(cfg["training"]["init_from"]))
     inputs = build_inputs(cfg, run, data, noise_model, model_error, grid_path,
-                          resume=plan.resume)
+                          resume=plan.resume, spec_dir=init)
     state = build_state(cfg, inputs.spec, inputs.whiten, strategy, run,
                         total_steps=batching.total_steps, mixed_precision=mixed_precision,
-                        resume=plan.resume)
+                        resume=plan.resume or init is not None)
     history = restore_or_record(plan, state, data, inputs, noise_model, model_error, log)
-    if not plan.resume and cfg["training"]["init_from"]:
-        from .warmstart import warm_start
-        warm_start(state, str(cfg["training"]["init_from"]), run, log)
+    if init is not None:
+        warm_start(state, init, run, log)
     steps = make_steps(state, inputs, batching, strategy, prior_warmup=prior_warmup,
                        mixed_precision=mixed_precision,
                        jit_compile=bool(cfg["training"]["jit_compile"]))
