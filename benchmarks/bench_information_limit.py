@@ -35,6 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cvae_pms.diagnostics.metrics import robust_scatter
+
 MDOT_BINS = ((-11.0, -8.0), (-8.0, -6.0), (-6.0, -4.52))
 
 
@@ -64,7 +66,7 @@ def _score(med: np.ndarray, lo: np.ndarray, hi: np.ndarray, truth: np.ndarray) -
     for k, name in enumerate(params.NAMES):
         r = med[:, k] - truth[:, k]
         out[name] = {"bias": float(np.median(r)),
-                     "robust_scatter": float(1.4826 * np.median(np.abs(r - np.median(r)))),
+                     "robust_scatter": float(robust_scatter(r, 0.0)),
                      "coverage68": float(np.mean((truth[:, k] >= lo[:, k])
                                                  & (truth[:, k] <= hi[:, k]))),
                      "width68_median": float(np.median(hi[:, k] - lo[:, k]))}

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cvae_pms.diagnostics.metrics import robust_scatter
+
 
 def _metrics(summary_path: Path, truth_path: Path) -> dict:
     from astropy.table import Table, join
@@ -42,7 +44,7 @@ def _metrics(summary_path: Path, truth_path: Path) -> dict:
         true = np.asarray(m[f"true_{name}"], float)[ok]
         r = med - true
         out[name] = {"rms": float(np.sqrt(np.mean(r ** 2))),
-                     "mad_sigma": float(1.4826 * np.median(np.abs(r - np.median(r)))),
+                     "mad_sigma": float(robust_scatter(r, 0.0)),
                      "width68_median": float(np.median(hi - lo)),
                      "coverage68": float(np.mean((true >= lo) & (true <= hi)))}
     flags = np.asarray(m["status"])

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cvae_pms.diagnostics.metrics import robust_scatter
+
 from cvae_pms import params as P
 
 #: name -> (what is changed, forward-model meta edits, smooth distortion rms of the SED).
@@ -98,7 +100,7 @@ def scores(samples: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> dict:
         q16, med, q84 = np.percentile(s, [16, 50, 84], axis=1)
         d = med - t
         out[name] = {"bias": float(np.median(d)),
-                     "robust_scatter": float(1.4826 * np.median(np.abs(d - np.median(d)))),
+                     "robust_scatter": float(robust_scatter(d, 0.0)),
                      "coverage68": float(np.mean((t >= q16) & (t <= q84)))}
     return out
 

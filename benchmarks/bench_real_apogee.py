@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cvae_pms.diagnostics.metrics import robust_scatter
+
 from cvae_pms import params as P
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "real_xp"
@@ -93,7 +95,7 @@ def gof_report(samples: np.ndarray, chi2: np.ndarray, status: np.ndarray, labels
 def metrics(med: np.ndarray, lo68, hi68, lo95, hi95, truth: np.ndarray) -> dict:
     d = med - truth
     return {"n": int(d.size), "bias": float(np.median(d)),
-            "robust_scatter": float(1.4826 * np.median(np.abs(d - np.median(d)))),
+            "robust_scatter": float(robust_scatter(d, 0.0)),
             "coverage68": float(np.mean((truth >= lo68) & (truth <= hi68))),
             "coverage95": float(np.mean((truth >= lo95) & (truth <= hi95)))}
 
@@ -243,7 +245,7 @@ def main() -> None:
         d = a0_med - fit.a0
         result["a0_inferred_minus_fit"] = {
             "n": int(d.size), "median": float(np.median(d)),
-            "robust_scatter": float(1.4826 * np.median(np.abs(d - np.median(d)))),
+            "robust_scatter": float(robust_scatter(d, 0.0)),
             "a0_fit_p16_50_84": np.percentile(fit.a0, [16, 50, 84]).round(3).tolist(),
             "a0_inferred_p16_50_84": np.percentile(a0_med, [16, 50, 84]).round(3).tolist()}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

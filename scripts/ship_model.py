@@ -7,6 +7,8 @@ Keeps the files inference and evaluation read (models.SHIPPED_FILES; no checkpoi
 writes provenance.json: recipe, grid (command, content hash, forward-model version), code
 commit, training (epochs, seconds, samples/s, hardware, last losses), the evaluation table
 (evaluate's metrics.json, per G and parameter) and the real-star benchmark summary when given.
+A warm-started run (``training.init_from``) gets its init model's provenance as the earlier
+stage (``training.stages``, total ``training.seconds``) when that model dir has one.
 The folder is written beside the target and renamed into place.
 """
 from __future__ import annotations
@@ -31,6 +33,21 @@ def _training(run: Path, hardware: str) -> dict:
             "last_epoch": {k: float(last[k]) for k in ("H", "KL", "val_H", "val_KL")}}
 
 
+def _stages(run: Path, this: dict, recipe: str | None) -> dict:
+    """``this`` stage's training, with the init model's stages before it (warm start)."""
+    init = json.loads((run / "config.json").read_text())["training"].get("init_from") or ""
+    prov = Path(init) / models.PROVENANCE if init else None
+    if prov is None or not prov.is_file():
+        return this
+    before = json.loads(prov.read_text())
+    earlier = before["training"].get("stages") or [
+        {"recipe": before.get("recipe"), "code_commit": before.get("code_commit"),
+         **before["training"]}]
+    stages = earlier + [{"recipe": recipe, "init_from": init, **this}]
+    return {**this, "seconds": sum(int(st["seconds"]) for st in stages),
+            "epochs": sum(int(st["epochs"]) for st in stages), "stages": stages}
+
+
 def _evaluation(eval_dir: Path) -> dict:
     m = json.loads((eval_dir / "metrics.json").read_text())
     return {"command": m.get("command"), "metrics": m}
@@ -47,6 +64,9 @@ def main(argv=None) -> None:
     ap.add_argument("--code-commit", required=True, help="commit the run was trained with")
     ap.add_argument("--grid-command", required=True, help="the grid synth command line")
     ap.add_argument("--hardware", default=f"{platform.machine()} CPU, 2 cores, no GPU")
+    ap.add_argument("--recipe", default=None,
+                    help="recipe name (default: the first line of the run's config.toml, "
+                         "which is the base recipe's for a recipe with base =)")
     args = ap.parse_args(argv)
     if not models.is_model_dir(args.run):
         raise SystemExit(f"{args.run}: not a model dir")
@@ -55,7 +75,7 @@ def main(argv=None) -> None:
     config_toml = (args.run / "config.toml").read_text()
     prov = {
         "name": args.name,
-        "recipe": config_toml.splitlines()[0].lstrip("# ").split(":")[0],
+        "recipe": args.recipe or config_toml.splitlines()[0].lstrip("# ").split(":")[0],
         "grid": {"command": args.grid_command, "content_hash": grid["content_hash"],
                  "n": grid["n"],
                  "forward_model_version": meta.get("forward_model", {}).get(
@@ -63,7 +83,7 @@ def main(argv=None) -> None:
                  "photosphere_correction": meta.get("forward_model", {}).get(
                      "photosphere_correction")},
         "code_commit": args.code_commit,
-        "training": _training(args.run, args.hardware),
+        "training": _stages(args.run, _training(args.run, args.hardware), args.recipe),
         "evaluation": _evaluation(args.eval_dir),
         "real_apogee": json.loads(args.apogee.read_text()) if args.apogee else None,
         "shipped_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -100,7 +100,8 @@ def forecast_scatter(std: np.ndarray, seed: int = 0, draws: int = 200) -> np.nda
     rng = np.random.default_rng(seed)
     e = rng.standard_normal((draws,) + std.shape) * std[None]
     mad = np.median(np.abs(e - np.median(e, axis=1, keepdims=True)), axis=1)
-    return 1.4826 * np.median(mad, axis=0)
+    from .metrics import MAD_TO_SIGMA
+    return MAD_TO_SIGMA * np.median(mad, axis=0)
 
 
 def observation_bounds(forward: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
