@@ -78,7 +78,9 @@ def test_features_are_the_same_under_both_backends(both):
 
 def test_same_weights_give_the_same_loss(both):
     tf_r, jax_r = both
-    np.testing.assert_allclose(jax_r["loss"], tf_r["loss"], rtol=1e-5)
+    # float32 sums over the batch: XLA and TF kernels differ by up to 2e-5 relative on an AVX2
+    # CPU (1e-5 sufficed on AVX-512); a wrong term would differ by far more
+    np.testing.assert_allclose(jax_r["loss"], tf_r["loss"], rtol=1e-4)
     assert np.isfinite(tf_r["loss"]).all()
 
 

@@ -125,7 +125,9 @@ def test_samples_depend_only_on_seed_and_source(tmp_path, run, model):
           progress=False)
     sa, sb, sc = (pf.read_posterior(tmp_path / f"{x}.h5").samples for x in "abc")
     # same random numbers; features of differently sized batches differ by float32 rounding
-    np.testing.assert_allclose(sa, sb, rtol=2e-5, atol=1e-6)
+    # (matmul blocking depends on the batch and the CPU: up to 1.5e-6 absolute near [M/H] = 0
+    # on AVX2; 1e-5 is < 1e-4 of the narrowest parameter range, ff's 0.3)
+    np.testing.assert_allclose(sa, sb, rtol=2e-5, atol=1e-5)
     assert not np.allclose(sa, sc, rtol=1e-2)
     keys = source_seeds(5, np.array([1, 2, 3]))
     assert len(set(keys.tolist())) == 3 and (keys >= 0).all()
