@@ -75,7 +75,9 @@ def load_training_data(grid_path: str | Path, cfg: dict, run: Path, *, resume: b
         with open_grid(grid_path) as grid:
             rows = read_grid_rows(grid)
             grid_info = {"path": str(Path(grid_path).resolve()), "content_hash": grid.content_hash,
-                         "n": grid.n, "meta": grid.meta, "fingerprint": grid_fingerprint(grid)}
+                         "n": grid.n, "meta": grid.meta}
+            if not resume:      # recorded in RUN/grid.json by new runs only
+                grid_info["fingerprint"] = grid_fingerprint(grid)
             d_ref = grid.reference_distance_pc
     except GridError as exc:
         raise TrainingError(str(exc)) from exc

@@ -113,7 +113,6 @@ def build_inputs(cfg: dict, run: Path, data: TrainingData, noise_model, model_er
 
 def _check_init_spec(spec, spec_dir: Path, model_error, luminosity: bool) -> None:
     """The init model's feature map must be the one this run's config would build."""
-    from .config import TrainingError
     if spec.luminosity != luminosity:
         raise TrainingError(f"training.init_from: {spec_dir} has luminosity.enabled = "
                             f"{spec.luminosity}, this run {luminosity}")

@@ -40,12 +40,11 @@ def check_compatible(init: Path, run: Path, log: Callable[[str], None] = print) 
     differences on another CPU (AVX-512 vs AVX2 code paths), so the hash is reported, not
     required."""
     from cvae_pms.model.rundir import read_npz
-    for name in ("network.json",):
-        a, b = json.loads((init / name).read_text()), json.loads((run / name).read_text())
-        if a != b:
-            keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-            raise TrainingError(f"training.init_from: {init / name} differs from this run's "
-                                f"network ({', '.join(keys)}); use the init model's [model]")
+    a, b = (json.loads((d / "network.json").read_text()) for d in (init, run))
+    if a != b:
+        keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+        raise TrainingError(f"training.init_from: {init / 'network.json'} differs from this "
+                            f"run's network ({', '.join(keys)}); use the init model's [model]")
     split_a, split_b = read_npz(init / "split.npz", init), read_npz(run / "split.npz", run)
     if set(split_a) != set(split_b) or any(not np.array_equal(split_a[k], split_b[k])
                                            for k in split_a):
