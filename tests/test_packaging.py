@@ -24,6 +24,11 @@ def test_recipes_and_priors_resolve_by_name_from_the_package():
     assert cfg["training"]["epochs"] == 30 and "cpu-quick" in text
     lum, _ = load_config("cpu-quick-lum")                 # base = "cpu-quick" by name
     assert lum["luminosity"]["enabled"] and lum["training"]["epochs"] == 30
+    full, _ = load_config("default")
+    full_lum, _ = load_config("default-lum")            # the default with the parallax channel
+    assert full_lum["luminosity"]["enabled"] and not full["luminosity"]["enabled"]
+    assert {k: v for k, v in full_lum.items() if k != "luminosity"} == \
+        {k: v for k, v in full.items() if k != "luminosity"}
     assert "chabrier" in load_prior("chabrier-imf").to_dict()["source"]
     from cvae_pms.priors import PriorError
     with pytest.raises(PriorError, match="not found"):
