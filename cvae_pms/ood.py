@@ -6,6 +6,9 @@ noisy spectra of the run's training split (fresh noise drawn with the training n
 model). The threshold is the 99th percentile of the same statistic over noisy spectra of the
 run's test split, so about 1 % of in-distribution sources are flagged. ``train`` builds the
 index (:mod:`cvae_pms.training.ood_index`) into ``RUN/ood.npz``; inference only reads it.
+The reference features are rounded to float16 before the threshold is fitted and stored as two
+zlib-compressed byte planes (format version 2, a third of the float32 size; version 1 files,
+float32 and uncompressed, are still read).
 
 Bound flag: a parameter "piles at a bound" when more than :data:`BOUND_FRACTION` (20 %) of
 its samples lie within :data:`EDGE_WIDTH` (1 %) of the box width from an edge, unless the
@@ -26,7 +29,8 @@ from cvae_pms.atomic import atomic_path
 from cvae_pms.errors import CvaePmsError
 
 OOD_FILE = "ood.npz"
-OOD_VERSION = 1
+OOD_VERSION = 2
+READ_VERSIONS = (1, 2)
 EDGE_WIDTH = 0.01
 BOUND_FRACTION = 0.20
 PRIOR_PILED = 0.05
@@ -40,7 +44,8 @@ class OODError(CvaePmsError):
 class OODIndex:
     """Nearest-neighbour reference set in standardised feature space, and its threshold.
 
-    ``reference`` (n_ref, D) float32 standardised features of noisy training spectra;
+    ``reference`` (n_ref, D) standardised features of noisy training spectra (float32 holding
+    float16-representable values, see :func:`fit_ood_index`);
     ``threshold`` the flagging distance; ``k`` neighbours; ``prior_edge_fraction`` (7, 2):
     fraction of training grid points within ``EDGE_WIDTH`` of the (low, high) edge.
     """
@@ -85,9 +90,13 @@ def fit_ood_index(reference: np.ndarray, calibration: np.ndarray, k: int = 10,
     ``reference`` (n_ref, D): noisy training spectra; ``calibration`` (n_cal, D): noisy
     held-out (test) spectra, whose ``quantile`` percentile of the k-NN distance is the
     threshold; ``prior_unit`` (N, 7): the training parameters scaled to [0, 1] (for
-    :func:`prior_edge_fraction`; None: a uniform prior).
+    :func:`prior_edge_fraction`; None: a uniform prior). The reference is rounded to float16
+    (what :func:`save_ood_index` stores) before the threshold is computed, so a saved and
+    reloaded index flags exactly the same sources; rows that are not finite in float16 are
+    dropped.
     """
-    reference = np.asarray(reference, dtype=np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        reference = np.asarray(reference, dtype=np.float16).astype(np.float32)
     reference = reference[np.isfinite(reference).all(axis=1)]
     if reference.shape[0] <= k:
         raise OODError(f"OOD index needs more than k={k} finite reference spectra, "
@@ -129,12 +138,31 @@ def bound_flags(samples: np.ndarray, prior_edge: np.ndarray | None = None) -> np
     return (hit.astype(np.uint8) * weights).sum(axis=1).astype(np.uint8)
 
 
+def _float16_planes(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Low and high bytes (uint8, shape of ``a``) of ``a`` as little-endian float16: apart,
+    the sign/exponent plane compresses well (what HDF5's shuffle filter does)."""
+    b = np.ascontiguousarray(a, dtype="<f2").view(np.uint8).reshape(a.shape + (2,))
+    return b[..., 0].copy(), b[..., 1].copy()
+
+
+def _from_float16_planes(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`_float16_planes`, as float32."""
+    b = np.stack([lo, hi], axis=-1).astype(np.uint8)
+    return b.view("<f2").reshape(lo.shape).astype(np.float32)
+
+
 def save_ood_index(index: OODIndex, path: str | os.PathLike) -> Path:
-    """Write the index (reference features included) to an ``.npz`` file atomically."""
+    """Write the index to a compressed ``.npz`` file atomically (format :data:`OOD_VERSION`).
+
+    The reference features are stored as float16 (exact for an index from
+    :func:`fit_ood_index`, which rounds them before fitting the threshold).
+    """
     path = Path(path)
     meta = {k: str(v) for k, v in index.meta.items()}
+    lo, hi = _float16_planes(index.reference)
     with atomic_path(path) as tmp:
-        np.savez(tmp, version=OOD_VERSION, reference=index.reference, k=index.k,
+        np.savez_compressed(tmp, version=OOD_VERSION, reference_lo=lo, reference_hi=hi,
+                 k=index.k,
                  threshold=index.threshold, quantile=index.quantile,
                  prior_edge_fraction=index.prior_edge_fraction,
                  calibration_distance=index.calibration_distance,
@@ -144,14 +172,17 @@ def save_ood_index(index: OODIndex, path: str | os.PathLike) -> Path:
 
 
 def load_ood_index(path: str | os.PathLike) -> OODIndex:
-    """Read an index written by :func:`save_ood_index`."""
+    """Read an index written by :func:`save_ood_index` (format versions :data:`READ_VERSIONS`)."""
     path = Path(path)
     try:
         with np.load(path) as z:
-            if int(z["version"]) != OOD_VERSION:
-                raise OODError(f"{path}: OOD index version {int(z['version'])}, "
-                               f"expected {OOD_VERSION}")
-            return OODIndex(z["reference"], int(z["k"]), float(z["threshold"]),
+            version = int(z["version"])
+            if version not in READ_VERSIONS:
+                raise OODError(f"{path}: OOD index version {version}, this code reads "
+                               f"{', '.join(map(str, READ_VERSIONS))}; {rebuild_hint(path.parent)}")
+            reference = (z["reference"] if version == 1
+                         else _from_float16_planes(z["reference_lo"], z["reference_hi"]))
+            return OODIndex(reference, int(z["k"]), float(z["threshold"]),
                             float(z["quantile"]), z["prior_edge_fraction"],
                             z["calibration_distance"],
                             dict(zip(z["meta_keys"].tolist(), z["meta_values"].tolist())))

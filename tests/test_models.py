@@ -47,6 +47,19 @@ def test_default_model_is_installed_with_its_provenance():
     assert size < 25 * 2**20, f"shipped model is {size / 2**20:.1f} MiB"
 
 
+def test_shipped_models_fit_the_package_size_budget():
+    """Issue 17: default + default-lum <= 25 MB of package data, so each model <= 12.5 MB;
+    the OOD index is the compressed float16 format and the split int32."""
+    from cvae_pms import ood
+    for name, path in models.installed().items():
+        size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
+        assert size <= 12.5e6, (name, size)
+        with np.load(path / ood.OOD_FILE) as z:
+            assert int(z["version"]) == ood.OOD_VERSION, name
+        with np.load(path / "split.npz") as z:
+            assert all(z[k].dtype == np.int32 for k in z.files), name
+
+
 def test_models_command_lists_default_and_refuses_an_old_feature_version(tmp_path, monkeypatch):
     r = CliRunner().invoke(main, ["models"])
     assert r.exit_code == 0, r.output

@@ -35,11 +35,39 @@ def test_save_load_roundtrip(tmp_path):
     path = ood.save_ood_index(idx, tmp_path / "ood.npz")
     back = ood.load_ood_index(path)
     x = rng.normal(size=(20, 4))
-    np.testing.assert_allclose(back.distance(x), idx.distance(x))
+    # the fit rounds the reference to float16, what the file stores: reloading is exact
+    np.testing.assert_array_equal(back.reference, idx.reference)
+    np.testing.assert_array_equal(back.distance(x), idx.distance(x))
     assert back.threshold == idx.threshold and back.meta["model_hash"] == "abc"
+    with np.load(path) as z:
+        assert int(z["version"]) == ood.OOD_VERSION == 2 and "reference" not in z.files
     (tmp_path / "bad.npz").write_bytes(b"not npz")
     with pytest.raises(ood.OODError, match="bad.npz"):
         ood.load_ood_index(tmp_path / "bad.npz")
+
+
+def test_float16_file_is_small_and_version_1_files_still_read(tmp_path):
+    rng = np.random.default_rng(3)
+    ref = rng.normal(size=(2000, 300))
+    idx = ood.fit_ood_index(ref, rng.normal(size=(200, 300)), k=10, meta={"model_hash": "h"})
+    # rounding the reference to float16 moves k-NN distances by < 0.1 %
+    exact = ood.OODIndex(ref, 10, idx.threshold, 99.0, idx.prior_edge_fraction, np.zeros(0), {})
+    x = rng.normal(size=(100, 300))
+    np.testing.assert_allclose(idx.distance(x), exact.distance(x), rtol=1e-3)
+    assert not np.array_equal(idx.reference, exact.reference)
+    path = ood.save_ood_index(idx, tmp_path / "ood.npz")
+    assert path.stat().st_size < 0.45 * ref.size * 4       # float32 would be ref.size * 4
+    # a version-1 file (float32 reference, uncompressed), as older model dirs hold
+    np.savez(tmp_path / "v1.npz", version=1, reference=idx.reference, k=idx.k,
+             threshold=idx.threshold, quantile=idx.quantile,
+             prior_edge_fraction=idx.prior_edge_fraction,
+             calibration_distance=idx.calibration_distance,
+             meta_keys=np.array(["model_hash"]), meta_values=np.array(["h"]))
+    v1 = ood.load_ood_index(tmp_path / "v1.npz")
+    np.testing.assert_array_equal(v1.distance(x), idx.distance(x))
+    np.savez(tmp_path / "v9.npz", version=9)
+    with pytest.raises(ood.OODError, match=r"v9.npz: OOD index version 9.*ood rebuild"):
+        ood.load_ood_index(tmp_path / "v9.npz")
 
 
 def test_bound_flags():

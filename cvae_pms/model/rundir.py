@@ -8,7 +8,7 @@ Layout of ``RUN/``:
 - ``params.json``: :func:`cvae_pms.params.table_dict` of the training run;
 - ``features.json`` + ``features.npz``: :class:`~cvae_pms.features.FeatureSpec`;
 - ``grid.json``: training grid path, content hash and meta; ``noise.json``: noise-model constants;
-- ``split.npz``: train/val/test row indices of the grid;
+- ``split.npz``: train/val/test row indices of the grid (compressed, int32 where they fit);
 - ``history.csv``, ``loss.png``, ``checkpoints/``, ``tensorboard/`` (written by training).
 
 Every file is written to ``<name>.tmp-<pid>`` and renamed into place.
@@ -67,8 +67,15 @@ def save_static(directory: str | Path, *, network: dict, config: dict, config_to
     write_json(d / "noise.json", noise)
     import io
     buf = io.BytesIO()
-    np.savez(buf, **{k: np.asarray(v, dtype=np.int64) for k, v in split.items()})
+    np.savez_compressed(buf, **{k: _index_array(v) for k, v in split.items()})
     write_bytes_atomic(d / "split.npz", buf.getvalue())
+
+
+def _index_array(rows) -> np.ndarray:
+    """Grid row indices as the smallest of int32/int64 that holds them (split.npz)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    small = rows.size == 0 or (rows.min() >= 0 and rows.max() < np.iinfo(np.int32).max)
+    return rows.astype(np.int32) if small else rows
 
 
 @dataclass
