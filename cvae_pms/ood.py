@@ -162,12 +162,11 @@ def save_ood_index(index: OODIndex, path: str | os.PathLike) -> Path:
     lo, hi = _float16_planes(index.reference)
     with atomic_path(path) as tmp:
         np.savez_compressed(tmp, version=OOD_VERSION, reference_lo=lo, reference_hi=hi,
-                 k=index.k,
-                 threshold=index.threshold, quantile=index.quantile,
-                 prior_edge_fraction=index.prior_edge_fraction,
-                 calibration_distance=index.calibration_distance,
-                 meta_keys=np.array(list(meta), dtype=str),
-                 meta_values=np.array(list(meta.values()), dtype=str))
+                            k=index.k, threshold=index.threshold, quantile=index.quantile,
+                            prior_edge_fraction=index.prior_edge_fraction,
+                            calibration_distance=index.calibration_distance,
+                            meta_keys=np.array(list(meta), dtype=str),
+                            meta_values=np.array(list(meta.values()), dtype=str))
     return path
 
 
